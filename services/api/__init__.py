@@ -1,0 +1,1 @@
+"""The HTTP + WebSocket API (FastAPI). Never imports torch, transformers, peft or trl."""

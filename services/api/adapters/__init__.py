@@ -1,0 +1,1 @@
+"""The adapters domain of the API."""

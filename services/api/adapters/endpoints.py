@@ -1,0 +1,100 @@
+"""Adapter endpoints: list, activate, delete, and chat with a skill's adapter."""
+
+from __future__ import annotations
+
+import uuid
+
+from arq.jobs import Job
+from fastapi import APIRouter
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.api.adapters import service
+from services.api.deps import AfterCommitDep, SessionDep, StateDep
+from services.api.errors import ApiError, GatewayTimeout, NotFound, Unavailable
+from services.api.skills.service import get_skill
+from shared.db.models import Adapter
+from shared.schemas.jobs import AdapterList, AdapterOut, Deleted, TestAdapterRequest, TestAdapterResponse
+
+router = APIRouter(prefix="/api", tags=["adapters"])
+
+GENERATE = "generate"
+
+
+class GenerationFailed(ApiError):
+    status_code = 502
+    code = "generation_failed"
+
+
+async def _chosen_adapter(session: AsyncSession, skill_id: str, adapter_id: uuid.UUID | None) -> Adapter:
+    if adapter_id is not None:
+        adapter = await service.get_adapter(session, adapter_id)
+        if adapter.skill_id != skill_id:
+            raise NotFound(f"Adapter '{adapter_id}' does not belong to skill '{skill_id}'.", code="adapter_not_found")
+        return adapter
+    found = await service.active_adapter(session, skill_id)
+    if found is None:
+        raise NotFound(
+            f"Skill '{skill_id}' has no trained adapter yet.",
+            suggestions=[f"Train it first: POST /api/train-skill/{skill_id}"],
+            code="no_adapter",
+        )
+    return found
+
+
+@router.get("/adapters", summary="List trained adapters")
+async def list_adapters(session: SessionDep, skill_id: str | None = None) -> AdapterList:
+    return AdapterList(adapters=await service.list_adapters(session, skill_id))
+
+
+@router.get("/adapters/{adapter_id}", summary="One adapter")
+async def get_adapter(adapter_id: uuid.UUID, session: SessionDep) -> AdapterOut:
+    return service.to_out(await service.get_adapter(session, adapter_id))
+
+
+@router.post("/adapters/{adapter_id}/activate", summary="Make this version the skill's active adapter")
+async def activate_adapter(adapter_id: uuid.UUID, session: SessionDep) -> AdapterOut:
+    return service.to_out(await service.activate(session, adapter_id))
+
+
+@router.delete("/adapters/{adapter_id}", summary="Delete an adapter (row and files)")
+async def delete_adapter(adapter_id: uuid.UUID, session: SessionDep, after_commit: AfterCommitDep) -> Deleted:
+    path = await service.delete(session, adapter_id)
+    after_commit.call(lambda: service.remove_files(path))
+    return Deleted(message="Adapter deleted")
+
+
+@router.post("/test-adapter/{skill_id}", summary="Chat with a skill's trained adapter")
+async def test_adapter(skill_id: str, body: TestAdapterRequest, state: StateDep) -> TestAdapterResponse:
+    """Generates with the skill's active adapter (or `adapter_id`) and its system
+    prompt, through the same chat template the adapter was trained with. Runs on
+    a worker (the API never loads models)."""
+    # A short read-only session: no connection is held while the model generates.
+    async with state.sessionmaker() as session:
+        skill = await get_skill(session, skill_id)
+        adapter = await _chosen_adapter(session, skill_id, body.adapter_id)
+    request = {
+        "base_model": adapter.base_model,
+        "adapter_dir": adapter.storage_path,
+        "system_prompt": skill.system_prompt,
+        "prompt": body.prompt,
+        "max_new_tokens": body.max_new_tokens,
+    }
+    job: Job | None = await state.redis.enqueue_job(GENERATE, request, _queue_name=state.settings.queue_name)
+    if job is None:  # arq returns None only for a duplicate job id, which we never reuse
+        raise Unavailable("Could not queue the generation.")
+    try:
+        result = await job.result(timeout=state.settings.generation_timeout_seconds, poll_delay=0.1)
+    except TimeoutError as exc:
+        await job.abort(timeout=0)
+        raise GatewayTimeout(
+            "The adapter did not answer in time.",
+            suggestions=["Check that a worker is running (GET /api/health).", "Try a shorter max_new_tokens."],
+        ) from exc
+    except Exception as exc:  # the worker's exception, re-raised by arq
+        raise GenerationFailed(f"Generation failed: {type(exc).__name__}: {exc}") from exc
+    return TestAdapterResponse(
+        response=result["response"],
+        generation_time_ms=result["generation_time_ms"],
+        adapter_id=adapter.id,
+        adapter_version=adapter.version,
+    )

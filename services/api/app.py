@@ -1,0 +1,47 @@
+"""The API application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from arq import create_pool
+from arq.connections import RedisSettings
+from fastapi import FastAPI
+
+from services.api.adapters.endpoints import router as adapters_router
+from services.api.deps import AppState
+from services.api.errors import install_error_handlers
+from services.api.skills.endpoints import router as skills_router
+from services.api.streams.endpoints import router as streams_router
+from services.api.system.endpoints import router as system_router
+from services.api.training.endpoints import router as training_router
+from shared.db.engine import create_engine, create_sessionmaker
+from shared.settings import Settings
+
+DESCRIPTION = """Fast Brain turns a *skill* (a system prompt plus example conversations)
+into a LoRA adapter: create a skill, start training, follow it live over the
+WebSocket, then chat with the adapter. Errors use one shape:
+`{"error": {"code", "message", "details", "suggestions"}}`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    database_url, redis_url = settings.require_urls()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(database_url)
+        redis = await create_pool(RedisSettings.from_dsn(redis_url), default_queue_name=settings.queue_name)
+        app.state.fastbrain = AppState(settings=settings, sessionmaker=create_sessionmaker(engine), redis=redis)
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+
+    app = FastAPI(title="Fast Brain", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    install_error_handlers(app)
+    for router in (skills_router, training_router, streams_router, adapters_router, system_router):
+        app.include_router(router)
+    return app

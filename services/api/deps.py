@@ -1,0 +1,87 @@
+"""Request dependencies: one DB session per request that commits or rolls back,
+and a job queue whose jobs are sent only after that commit succeeds."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from arq.connections import ArqRedis
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.events import publish
+from shared.settings import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    sessionmaker: async_sessionmaker[AsyncSession]
+    redis: ArqRedis
+
+
+@dataclass
+class AfterCommit:
+    """Work to do once the request's transaction is committed: arq jobs and events."""
+
+    jobs: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    callbacks: list[Callable[[], None]] = field(default_factory=list)
+
+    def call(self, callback: Callable[[], None]) -> None:
+        """Run `callback` after the commit (e.g. remove files whose rows are gone)."""
+        self.callbacks.append(callback)
+
+    def enqueue(self, function: str, *args: Any, **kwargs: Any) -> None:
+        self.jobs.append((function, args, kwargs))
+
+    def publish(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    async def flush(self, state: AppState) -> None:
+        for callback in self.callbacks:
+            callback()
+        for function, args, kwargs in self.jobs:
+            await state.redis.enqueue_job(function, *args, _queue_name=state.settings.queue_name, **kwargs)
+        await publish(state.redis, self.events)
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.fastbrain
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_after_commit() -> AfterCommit:
+    return AfterCommit()
+
+
+AfterCommitDep = Annotated[AfterCommit, Depends(get_after_commit, scope="function")]
+
+
+async def get_session(state: StateDep, after_commit: AfterCommitDep) -> AsyncIterator[AsyncSession]:
+    # scope="function": the commit happens before the response is sent, so a
+    # client that gets 2xx can read its own write, and a worker never sees an
+    # uncommitted row (jobs go out after the commit).
+    async with state.sessionmaker() as session:
+        try:
+            yield session
+        except Exception:
+            await session.rollback()
+            raise
+        await session.commit()
+    await after_commit.flush(state)
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]

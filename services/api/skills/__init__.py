@@ -1,0 +1,1 @@
+"""The skills domain of the API."""

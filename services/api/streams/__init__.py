@@ -1,0 +1,1 @@
+"""The streams domain of the API."""

@@ -1,0 +1,67 @@
+"""System endpoints: health (database, Redis, worker liveness), models, presets."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from fastapi import APIRouter, Response
+from sqlalchemy import text
+
+from services.api.deps import StateDep
+from services.gpu.catalog import list_models
+from shared.schemas.training import PRESET_DESCRIPTIONS, PRESETS
+
+router = APIRouter(prefix="/api", tags=["system"])
+
+
+def health_key(queue_name: str) -> str:
+    """arq's own liveness key, refreshed by every worker every `health_check_interval`."""
+    return f"{queue_name}:health-check"
+
+
+@router.get("/health", summary="Database, Redis and worker liveness")
+async def health(state: StateDep, response: Response) -> dict[str, Any]:
+    """`status` is `ok` when all three answer, `degraded` when only the worker is
+    missing (requests are accepted and wait in the queue), `down` otherwise (503)."""
+    checks: dict[str, Any] = {}
+    started = time.perf_counter()
+    try:
+        async with state.sessionmaker() as session:
+            await session.execute(text("SELECT 1"))
+        checks["database"] = {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
+    except Exception as exc:
+        checks["database"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    worker_report: bytes | None = None
+    started = time.perf_counter()
+    try:
+        await state.redis.ping()
+        checks["redis"] = {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
+        worker_report = await state.redis.get(health_key(state.settings.queue_name))
+    except Exception as exc:
+        checks["redis"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    checks["worker"] = {
+        "ok": worker_report is not None,
+        "report": worker_report.decode() if worker_report else None,
+    }
+    if not (checks["database"]["ok"] and checks["redis"]["ok"]):
+        status = "down"
+        response.status_code = 503
+    else:
+        status = "ok" if checks["worker"]["ok"] else "degraded"
+    return {"status": status, **checks}
+
+
+@router.get("/models", summary="The base-model catalog")
+async def models() -> dict[str, Any]:
+    return {"models": [m.to_dict() if hasattr(m, "to_dict") else dict(vars(m)) for m in list_models()]}
+
+
+@router.get("/presets", summary="Training presets with their hyperparameters")
+async def presets() -> dict[str, Any]:
+    return {
+        "presets": [
+            {"id": preset.value, "description": PRESET_DESCRIPTIONS[preset], "hyperparameters": hp.model_dump()}
+            for preset, hp in PRESETS.items()
+        ]
+    }

@@ -1,0 +1,1 @@
+"""The training domain of the API."""

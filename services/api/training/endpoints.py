@@ -1,0 +1,65 @@
+"""Training endpoints: start a run, read its status, list history, replay events."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, status
+
+from services.api.deps import AfterCommitDep, SessionDep, SettingsDep
+from services.api.training import service
+from shared.db.models import JobStatus
+from shared.events import history
+from shared.schemas.jobs import JobList, JobStatusOut, TrainAccepted
+from shared.schemas.training import TrainRequest
+
+router = APIRouter(prefix="/api", tags=["training"])
+
+
+@router.post(
+    "/train-skill/{skill_id}",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Start training a skill",
+    responses={409: {"description": "The skill already has a training in progress."}},
+)
+async def train_skill(
+    skill_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    after_commit: AfterCommitDep,
+    body: Annotated[TrainRequest | None, Body()] = None,
+) -> TrainAccepted:
+    """Queue a training run. `config.preset` (quick, standard, deep, custom) sets the
+    hyperparameters; any field given next to it overrides the preset's value."""
+    request = body or TrainRequest()
+    return await service.start_training(session, after_commit, settings, skill_id, request.config)
+
+
+@router.get("/training-status/{job_id}", summary="Status of a training job")
+async def training_status(job_id: uuid.UUID, session: SessionDep) -> JobStatusOut:
+    """Progress, losses, timing, cost, errors and the per-step metrics history."""
+    return await service.job_status(session, job_id)
+
+
+@router.get("/training-jobs", summary="Training history, newest first")
+async def training_jobs(
+    session: SessionDep,
+    skill_id: str | None = None,
+    status: Annotated[JobStatus | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobList:
+    jobs, total = await service.list_jobs(
+        session, skill_id=skill_id, status=status.value if status else None, limit=limit, offset=offset
+    )
+    return JobList(jobs=jobs, total=total)
+
+
+@router.get("/training-jobs/{job_id}/events", summary="A job's stored events (the stream's history)")
+async def training_events(
+    job_id: uuid.UUID, session: SessionDep, after_seq: Annotated[int, Query(ge=0)] = 0
+) -> list[dict[str, Any]]:
+    """The same events the WebSocket sends, for clients that poll instead of stream."""
+    await service.get_job(session, job_id)
+    return await history(session, job_id, after_seq)

@@ -1,0 +1,202 @@
+"""Training jobs: start, read status, list history."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.api.deps import AfterCommit
+from services.api.errors import Conflict, NotFound, Unprocessable
+from services.api.skills.service import get_skill
+from services.api.training.estimate import estimate
+from services.gpu.catalog import get_model, local_model_ids
+from shared.db.models import ACTIVE_JOB_STATUSES, Adapter, JobStatus, Skill, TrainingJob, TrainingLog
+from shared.events import record_event
+from shared.schemas.jobs import JobStatusOut, JobSummary, MetricPoint, TrainAccepted
+from shared.schemas.training import TrainingConfigRequest
+from shared.settings import Settings
+
+RUN_TRAINING = "run_training"
+
+
+def _validate_base_model(base_model: str) -> None:
+    allowed = local_model_ids()
+    try:
+        info = get_model(base_model)
+    except Exception:
+        info = None
+    if info is None or base_model not in allowed:
+        raise Unprocessable(
+            f"config.base_model: '{base_model}' is not available on this backend; allowed: {', '.join(allowed)}.",
+            details={"field": "config.base_model", "allowed": allowed},
+            code="invalid_base_model",
+        )
+
+
+async def _active_job(session: AsyncSession, skill_id: str) -> uuid.UUID | None:
+    return await session.scalar(
+        select(TrainingJob.id).where(TrainingJob.skill_id == skill_id, TrainingJob.status.in_(ACTIVE_JOB_STATUSES))
+    )
+
+
+def _already_training(skill_id: str, job_id: uuid.UUID | None) -> Conflict:
+    return Conflict(
+        f"Skill '{skill_id}' already has a training in progress.",
+        details={"job_id": str(job_id) if job_id else None, "skill_id": skill_id},
+        suggestions=["Follow the running job's progress, or cancel it before starting another."],
+        code="training_in_progress",
+    )
+
+
+async def start_training(
+    session: AsyncSession,
+    after_commit: AfterCommit,
+    settings: Settings,
+    skill_id: str,
+    config: TrainingConfigRequest,
+) -> TrainAccepted:
+    skill = await get_skill(session, skill_id, for_update=True)
+    _validate_base_model(config.base_model)
+    if not skill.training_data:
+        raise Unprocessable(
+            f"Skill '{skill_id}' has no example conversations to train on.",
+            suggestions=["Add examples with POST /api/skills/{skill_id}/examples."],
+            code="no_examples",
+        )
+    existing = await _active_job(session, skill_id)
+    if existing is not None:
+        raise _already_training(skill_id, existing)
+
+    hyperparameters = config.resolve()
+    guess = estimate(
+        base_model=config.base_model,
+        system_prompt=skill.system_prompt,
+        conversations=skill.training_data,
+        hyperparameters=hyperparameters,
+        price_per_hour=settings.local_price_per_hour,
+    )
+    job = TrainingJob(
+        skill_id=skill_id,
+        status=JobStatus.QUEUED.value,
+        config={
+            "preset": config.preset.value,
+            "base_model": config.base_model,
+            "hyperparameters": hyperparameters.model_dump(),
+        },
+        dataset={"system_prompt": skill.system_prompt, "conversations": skill.training_data},
+        total_epochs=hyperparameters.epochs,
+        estimated_cost=guess.cost_usd,
+        estimated_time_minutes=guess.minutes,
+        backend=settings.gpu_backend,
+    )
+    session.add(job)
+    try:
+        await session.flush()
+    except IntegrityError as exc:  # the partial unique index: a concurrent start won
+        raise _already_training(skill_id, None) from exc
+    event = await record_event(
+        session,
+        job.id,
+        {
+            "type": "status",
+            "status": JobStatus.QUEUED.value,
+            "message": f"Queued: {len(skill.training_data)} examples on {config.base_model} ({config.preset.value})",
+        },
+    )
+    arq_job_id = f"train:{job.id}:1"
+    job.arq_job_id = arq_job_id
+    after_commit.enqueue(RUN_TRAINING, str(job.id), _job_id=arq_job_id)
+    after_commit.publish(event)
+    return TrainAccepted(
+        job_id=job.id,
+        status=job.status,
+        estimated_cost=guess.cost_usd,
+        estimated_time_minutes=guess.minutes,
+        stream_url=f"/api/training-stream/{job.id}",
+    )
+
+
+async def get_job(session: AsyncSession, job_id: uuid.UUID) -> TrainingJob:
+    job = await session.get(TrainingJob, job_id)
+    if job is None:
+        raise NotFound(f"Training job '{job_id}' not found.", details={"job_id": str(job_id)}, code="job_not_found")
+    return job
+
+
+async def job_status(session: AsyncSession, job_id: uuid.UUID) -> JobStatusOut:
+    job = await get_job(session, job_id)
+    progress_events = await session.scalars(
+        select(TrainingLog.data)
+        .where(TrainingLog.job_id == job_id, TrainingLog.event_type == "progress")
+        .order_by(TrainingLog.seq)
+    )
+    adapter_id = await session.scalar(select(Adapter.id).where(Adapter.training_job_id == job_id))
+    return JobStatusOut(
+        job_id=job.id,
+        skill_id=job.skill_id,
+        status=job.status,
+        progress=job.progress,
+        current_step=job.current_step,
+        total_steps=job.total_steps,
+        current_epoch=job.current_epoch,
+        total_epochs=job.total_epochs,
+        current_loss=job.current_loss,
+        eta_seconds=job.eta_seconds,
+        initial_loss=job.initial_loss,
+        final_loss=job.final_loss,
+        training_time_seconds=job.training_time_seconds,
+        cost_usd=job.cost_usd,
+        estimated_cost=job.estimated_cost,
+        estimated_time_minutes=job.estimated_time_minutes,
+        error_message=job.error_message,
+        error_details=job.error_details,
+        config=job.config,
+        attempt=job.attempt,
+        adapter_id=adapter_id,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        completed_at=job.completed_at,
+        last_event_seq=job.event_seq,
+        metrics_history=[MetricPoint.model_validate(e) for e in progress_events],
+    )
+
+
+def _summary(job: TrainingJob, skill_name: str | None) -> JobSummary:
+    config: dict[str, Any] = job.config or {}
+    return JobSummary(
+        job_id=job.id,
+        skill_id=job.skill_id,
+        skill_name=skill_name,
+        status=job.status,
+        base_model=config.get("base_model"),
+        preset=config.get("preset"),
+        progress=job.progress,
+        final_loss=job.final_loss,
+        training_time_seconds=job.training_time_seconds,
+        cost_usd=job.cost_usd,
+        error_message=job.error_message,
+        created_at=job.created_at,
+        completed_at=job.completed_at,
+    )
+
+
+async def list_jobs(
+    session: AsyncSession, *, skill_id: str | None, status: str | None, limit: int, offset: int
+) -> tuple[list[JobSummary], int]:
+    query = select(TrainingJob, Skill.name).join(Skill, Skill.id == TrainingJob.skill_id)
+    count = select(func.count()).select_from(TrainingJob)
+    if skill_id:
+        query = query.where(TrainingJob.skill_id == skill_id)
+        count = count.where(TrainingJob.skill_id == skill_id)
+    if status:
+        query = query.where(TrainingJob.status == status)
+        count = count.where(TrainingJob.status == status)
+    rows = await session.execute(
+        query.order_by(TrainingJob.created_at.desc(), TrainingJob.id.desc()).limit(limit).offset(offset)
+    )
+    total = await session.scalar(count) or 0
+    return [_summary(job, name) for job, name in rows.all()], total

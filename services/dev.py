@@ -1,0 +1,130 @@
+"""`fastbrain dev`: everything a user needs, in one process tree.
+
+Starts embedded PostgreSQL and Redis when no URLs are configured, migrates,
+loads the demo skill, then runs the API and one worker as child processes and
+stops all of it cleanly on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from shared.db import migrate
+from shared.db.engine import create_engine, create_sessionmaker
+from shared.db.models import Skill
+from shared.demo import demo_skill
+from shared.embedded import start_embedded
+from shared.logging import configure_logging
+from shared.settings import Settings
+
+BUNDLED_MODEL = "smollm2-135m-instruct"
+
+
+async def seed_demo(database_url: str) -> bool:
+    """Insert the demo skill unless a skill with its id exists. True if inserted."""
+    data = demo_skill()
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            if await session.get(Skill, data["skill_id"]) is not None:
+                return False
+            session.add(
+                Skill(
+                    id=data["skill_id"],
+                    name=data["name"],
+                    description=data.get("description"),
+                    system_prompt=data["system_prompt"],
+                    training_data=data["conversations"],
+                )
+            )
+            return True
+    finally:
+        await engine.dispose()
+
+
+def _wait_http(url: str, timeout: float, processes: list[subprocess.Popen[bytes]]) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in processes):
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return True
+        except Exception:
+            time.sleep(0.3)
+    return False
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 15
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def run_dev(host: str = "127.0.0.1", port: int = 8000, demo: bool = True) -> None:
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+    embedded = start_embedded(
+        data_dir, need_postgres=not settings.database_url, need_redis=not settings.redis_url
+    )
+    database_url = settings.database_url or embedded.database_url
+    redis_url = settings.redis_url or embedded.redis_url
+    assert database_url and redis_url
+    print(f"PostgreSQL: {'embedded under ' + str(data_dir / 'pg') if not settings.database_url else 'configured'}")
+    print(f"Redis:      {'embedded (' + redis_url + ')' if not settings.redis_url else 'configured'}")
+
+    migrate.upgrade(database_url)
+    if demo and asyncio.run(seed_demo(database_url)):
+        print(f"Loaded the demo skill '{demo_skill()['skill_id']}'")
+
+    env = {
+        **os.environ,
+        "FASTBRAIN_DATABASE_URL": database_url,
+        "FASTBRAIN_REDIS_URL": redis_url,
+        "FASTBRAIN_DATA_DIR": str(data_dir),
+        "FASTBRAIN_PREPARE_MODELS": os.environ.get("FASTBRAIN_PREPARE_MODELS", f'["{BUNDLED_MODEL}"]'),
+    }
+    cli = [sys.executable, "-m", "services.cli"]
+    cwd = str(Path(__file__).resolve().parents[1])
+    processes = [
+        subprocess.Popen([*cli, "worker"], env=env, cwd=cwd),
+        subprocess.Popen([*cli, "api", "--host", host, "--port", str(port)], env=env, cwd=cwd),
+    ]
+    # Ctrl-C reaches the whole foreground group; we still stop children ourselves.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        url = f"http://{host}:{port}"
+        if not _wait_http(f"{url}/api/health", 60, processes):
+            raise SystemExit("The API did not start; see the log above.")
+        print(
+            f"\nFast Brain is running: {url}\n"
+            f"  API docs: {url}/docs\n"
+            f"  Train the demo skill: curl -X POST {url}/api/train-skill/molasses-master-expert\n"
+            "Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.5)
+        raise SystemExit("A Fast Brain process exited; stopping the rest.")
+    except KeyboardInterrupt:
+        print("\nStopping Fast Brain...")
+    finally:
+        _stop(processes)
+        embedded.stop()

@@ -1,0 +1,409 @@
+"""LoRA fine-tuning of one skill: `train(spec)` yields event payloads live, step by step.
+
+Same code on the local backend (run as a subprocess, see `main`) and on Modal.
+
+    python -m services.gpu.trainer SPEC.json
+
+writes one JSON payload per line to stdout (`log`, `progress`, `complete`, or a final
+`error`); everything libraries print goes to stderr. Exit 0 after `complete`, 1 after
+`error`, 143 on SIGTERM (after an `error` line with category CANCELLED).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import DataFormatError, JobCancelled, describe
+from shared.schemas.training import TrainingSpec
+
+from services.gpu.catalog import require_local
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
+
+LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DEVICE_ENV = "FASTBRAIN_TRAIN_DEVICE"  # "cpu", "cuda" or "auto" (default)
+
+Payload = dict[str, Any]
+
+
+def log(message: str, level: str = "info") -> Payload:
+    return {"type": "log", "level": level, "message": message}
+
+
+def _count(n: int) -> str:
+    if n >= 1_000_000_000:
+        return f"{n / 1e9:.1f}B"
+    if n >= 1_000_000:
+        return f"{n / 1e6:.1f}M"
+    if n >= 1_000:
+        return f"{n / 1e3:.1f}K"
+    return str(n)
+
+
+def library_versions() -> dict[str, str]:
+    versions: dict[str, str] = {"python": sys.version.split()[0]}
+    for name in ("torch", "transformers", "peft", "trl", "datasets", "accelerate"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _gpu_memory_gb() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 1024**3, 3)
+
+
+def _make_callback(events: queue.Queue[Payload], stop: threading.Event, history: list[Payload]) -> TrainerCallback:
+    """A TrainerCallback that turns each optimizer step's log into a `progress` payload."""
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+    class ProgressCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.started = 0.0
+            self.last_step = 0
+
+        def on_train_begin(
+            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+        ) -> None:
+            self.started = time.perf_counter()
+            effective = args.per_device_train_batch_size * args.gradient_accumulation_steps
+            events.put(
+                log(
+                    f"Training started: {state.max_steps} steps, {int(state.num_train_epochs)} epoch(s), "
+                    f"effective batch {effective}"
+                )
+            )
+
+        def on_step_end(
+            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+        ) -> None:
+            if stop.is_set():
+                control.should_training_stop = True
+
+        def on_log(
+            self,
+            args: TrainingArguments,
+            state: TrainerState,
+            control: TrainerControl,
+            logs: dict[str, float] | None = None,
+            **kwargs: Any,
+        ) -> None:
+            if not logs or "loss" not in logs or state.global_step <= self.last_step:
+                return
+            self.last_step = step = state.global_step
+            elapsed = max(time.perf_counter() - self.started, 1e-9)
+            total = max(state.max_steps, 1)
+            tokens = int(state.num_input_tokens_seen or 0)
+            payload: Payload = {
+                "type": "progress",
+                "step": step,
+                "total_steps": total,
+                "epoch": round(float(state.epoch or 0.0), 4),
+                "total_epochs": int(state.num_train_epochs),
+                "loss": float(logs["loss"]),
+                "learning_rate": float(logs["learning_rate"]) if "learning_rate" in logs else None,
+                "grad_norm": float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None,
+                "tokens_per_second": round(tokens / elapsed, 2),
+                "eta_seconds": round(elapsed / step * max(total - step, 0), 1),
+                "progress": round(min(100.0, 100.0 * step / total), 2),
+                "gpu_memory_used_gb": _gpu_memory_gb(),
+                "tokens_seen": tokens,
+                "elapsed_seconds": round(elapsed, 2),
+            }
+            history.append(payload)
+            events.put(payload)
+
+    return ProgressCallback()
+
+
+def _sft_trainer_class() -> type:
+    """TRL's SFTTrainer, computing the loss with the model's own forward where TRL's fused LM head cannot run.
+
+    TRL 1.x always computes the SFT loss with a Triton kernel (a fused, chunked LM head). The CPU build of
+    torch has no Triton, and Triton kernels need a GPU anyway, so on CPU the loss comes from the model's
+    forward with `labels` (plain cross-entropy over the labelled tokens; the same value, without the
+    entropy/token-accuracy metrics).
+    """
+    from transformers import Trainer
+    from trl import SFTTrainer
+    from trl.trainer import utils as trl_utils
+
+    fused_kernel = getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None
+
+    class FastBrainSFTTrainer(SFTTrainer):
+        def compute_loss(
+            self,
+            model: Any,
+            inputs: dict[str, Any],
+            return_outputs: bool = False,
+            num_items_in_batch: Any = None,
+        ) -> Any:
+            device_type = inputs["input_ids"].device.type
+            if fused_kernel and device_type in ("cuda", "xpu"):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs["use_cache"] = False
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return FastBrainSFTTrainer
+
+
+def _resolve_device(device: str | None) -> str:
+    from services.gpu.models import resolve_device
+
+    return resolve_device(device or os.environ.get(DEVICE_ENV) or "auto")
+
+
+def train(spec: TrainingSpec, device: str | None = None) -> Iterator[Payload]:
+    """Fine-tune `spec.base_model` on the skill and save the adapter to `spec.output_dir`.
+
+    Yields `log` and `progress` payloads as they happen, then one `complete`. Raises on
+    failure (the caller turns it into an `error` payload with `shared.errors.describe`).
+    Closing the generator early stops training after the current step.
+    """
+    info = require_local(spec.base_model)
+    if not spec.conversations:
+        raise DataFormatError("invalid format: the skill has no training conversations (ensure no empty conversations)")
+
+    import transformers
+    from peft import LoraConfig, get_peft_model
+    from trl import SFTConfig
+
+    from services.gpu import data as data_mod
+    from services.gpu.models import ensure_model, load_for_training, load_tokenizer
+
+    transformers.logging.set_verbosity_warning()
+    transformers.utils.logging.disable_progress_bar()
+    hp = spec.hyperparameters
+    transformers.set_seed(hp.seed)
+    resolved_device = _resolve_device(device)
+
+    models_dir = Path(spec.models_dir)
+    if not (models_dir / spec.base_model).is_dir():
+        yield log(f"Preparing base model {info.display_name} (first use: converting, about a minute)...")
+        started = time.perf_counter()
+        ensure_model(spec.base_model, models_dir)
+        yield log(f"Base model ready in {time.perf_counter() - started:.1f}s")
+
+    tokenizer = load_tokenizer(spec.base_model, models_dir)
+    dataset = data_mod.build_dataset(tokenizer, spec.system_prompt, spec.conversations, hp.max_seq_length)
+    n_tokens = sum(len(ids) for ids in dataset["input_ids"])
+    n_labels = sum(sum(1 for label in labels if label != data_mod.IGNORE_INDEX) for labels in dataset["labels"])
+    dropped = len(spec.conversations) - len(dataset)
+    yield log(
+        f"Loaded {len(dataset)} training examples ({n_tokens} tokens, {n_labels} assistant tokens)"
+        + (f"; {dropped} dropped: truncated before their answer" if dropped else "")
+    )
+
+    model, tokenizer, precision = load_for_training(
+        spec.base_model, models_dir, resolved_device, hp.gradient_checkpointing
+    )
+    yield log(f"Model loaded: {info.display_name} ({precision.device}, {precision.dtype_name})")
+
+    lora = LoraConfig(
+        r=hp.lora_r,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules=LORA_TARGET_MODULES,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, lora)
+    trainable, total_params = model.get_nb_trainable_parameters()
+    yield log(
+        f"LoRA configured (r={hp.lora_r}, alpha={hp.lora_alpha}, trainable: {_count(trainable)} params, "
+        f"{100 * trainable / max(total_params, 1):.2f}% of {_count(total_params)})"
+    )
+
+    staging = Path(tempfile.mkdtemp(prefix=f"fastbrain-trainer-{spec.job_id}-"))
+    config = SFTConfig(
+        output_dir=str(staging),
+        per_device_train_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        learning_rate=hp.learning_rate,
+        num_train_epochs=hp.epochs,
+        max_steps=hp.max_steps if hp.max_steps is not None else -1,
+        warmup_steps=hp.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        lr_scheduler_type=hp.lr_scheduler,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=hp.seed,
+        data_seed=hp.seed,
+        bf16=precision.bf16,
+        fp16=precision.fp16,
+        use_cpu=not precision.device.startswith("cuda"),
+        gradient_checkpointing=precision.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if precision.gradient_checkpointing else None,
+        max_length=hp.max_seq_length,
+        packing=False,
+        dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized with assistant-only labels
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        optim="adamw_torch",
+    )
+    events: queue.Queue[Payload] = queue.Queue()
+    stop = threading.Event()
+    history: list[Payload] = []
+    trainer = _sft_trainer_class()(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[_make_callback(events, stop, history)],
+    )
+
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            trainer.train()
+        except BaseException as exc:  # handed to the generator's thread
+            failure.append(exc)
+        finally:
+            done.set()
+
+    started = time.perf_counter()
+    thread = threading.Thread(target=run, name=f"trainer-{spec.job_id}", daemon=True)
+    thread.start()
+    try:
+        while not (done.is_set() and events.empty()):
+            try:
+                yield events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+    finally:
+        if not done.is_set():
+            stop.set()
+            thread.join()
+        shutil.rmtree(staging, ignore_errors=True)
+    if failure:
+        raise failure[0]
+    training_time = time.perf_counter() - started
+    if stop.is_set():
+        raise JobCancelled("Training was stopped before the end")
+
+    output_dir = Path(spec.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # The catalog id, not this machine's cache path: the adapter must load on either backend.
+    for peft_config in trainer.model.peft_config.values():
+        peft_config.base_model_name_or_path = spec.base_model
+    trainer.model.save_pretrained(output_dir)
+    (output_dir / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub, not ours
+
+    losses = [p["loss"] for p in history if p.get("loss") is not None]
+    train_tokens = int(trainer.state.num_input_tokens_seen or 0)
+    # Throughput over the optimizer steps themselves (as in the progress events), not the setup around them.
+    step_seconds = history[-1]["elapsed_seconds"] if history else training_time
+    tokens_per_second = round(train_tokens / step_seconds, 2) if step_seconds > 0 else None
+    metrics: dict[str, Any] = {
+        "initial_loss": losses[0] if losses else None,
+        "final_loss": losses[-1] if losses else None,
+        "steps": trainer.state.global_step,
+        "train_tokens": train_tokens,
+        "tokens_per_second": tokens_per_second,
+        "training_time_seconds": round(training_time, 2),
+        "loss_history": [{"step": p["step"], "loss": p["loss"]} for p in history],
+        "examples": len(dataset),
+        "trainable_parameters": trainable,
+    }
+    metadata_doc: dict[str, Any] = {
+        "job_id": spec.job_id,
+        "skill_id": spec.skill_id,
+        "attempt": spec.attempt,
+        "base_model": spec.base_model,
+        "base_model_source": info.source,
+        "config": hp.model_dump(mode="json"),
+        "lora_target_modules": LORA_TARGET_MODULES,
+        "dataset_sha256": data_mod.dataset_sha256(spec.system_prompt, spec.conversations),
+        "dataset_examples": len(spec.conversations),
+        "chat_template_sha256": data_mod.chat_template_sha256(tokenizer),
+        "metrics": metrics,
+        "library_versions": library_versions(),
+        "seed": hp.seed,
+        "device": precision.device,
+        "dtype": precision.dtype_name,
+        "gradient_checkpointing": precision.gradient_checkpointing,
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    (output_dir / "training_metadata.json").write_text(json.dumps(metadata_doc, indent=2) + "\n")
+    yield log(f"Adapter saved ({trainer.state.global_step} steps, {training_time:.1f}s)")
+    yield {
+        "type": "complete",
+        "final_loss": metrics["final_loss"],
+        "initial_loss": metrics["initial_loss"],
+        "training_time_seconds": metrics["training_time_seconds"],
+        "adapter_path": str(output_dir),
+        "steps": metrics["steps"],
+        "tokens_per_second": tokens_per_second,
+    }
+
+
+class _EventWriter:
+    """One JSON line per payload on a private dup of the original stdout."""
+
+    def __init__(self, fd: int) -> None:
+        self._stream = os.fdopen(fd, "w", encoding="utf-8", buffering=1)
+        self._lock = threading.Lock()
+
+    def write(self, payload: Payload) -> None:
+        line = json.dumps(payload, default=str, ensure_ascii=False)
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: `python -m services.gpu.trainer SPEC.json`."""
+    args = sys.argv[1:] if argv is None else argv
+    # Keep stdout for events only: libraries (and C extensions) that print go to stderr.
+    sys.stdout.flush()
+    writer = _EventWriter(os.dup(1))
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        writer.write({"type": "error", **describe(JobCancelled("Training was cancelled (SIGTERM)"))})
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        if len(args) != 1:
+            raise DataFormatError("invalid format: usage: python -m services.gpu.trainer SPEC.json")
+        spec = TrainingSpec.model_validate_json(Path(args[0]).read_text(encoding="utf-8"))
+        for payload in train(spec):
+            writer.write(payload)
+    except KeyboardInterrupt:
+        writer.write({"type": "error", **describe(JobCancelled("Training was interrupted"))})
+        return 1
+    except Exception as exc:
+        writer.write({"type": "error", **describe(exc)})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

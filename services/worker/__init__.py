@@ -1,0 +1,1 @@
+"""The arq worker: runs training jobs through a GPU backend and answers test chats."""

@@ -1,0 +1,25 @@
+"""The GPU backend contract (DESIGN.md): `train` yields event payloads, `generate` answers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from shared.schemas.training import TrainingSpec
+
+
+class GpuBackend(Protocol):
+    name: str
+    device: str
+
+    def train(self, spec: TrainingSpec) -> AsyncIterator[dict[str, Any]]:
+        """Event payloads (`log`, `progress`, `complete`, `error`) as the trainer emits them.
+
+        Closing the iterator early (or cancelling the consuming task) must stop
+        the training and free its resources.
+        """
+        ...
+
+    async def generate(self, request: dict[str, Any]) -> str:
+        """One answer from a base model plus adapter, for `test-adapter`."""
+        ...

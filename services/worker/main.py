@@ -1,0 +1,82 @@
+"""Building and running an arq worker for Fast Brain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from typing import Any, cast
+
+import structlog
+from arq.connections import RedisSettings
+from arq.worker import Worker, func
+
+from services.worker.backends import create_backend
+from services.worker.context import WorkerContext
+from services.worker.tasks import generate, run_training
+from shared.db.engine import create_engine, create_sessionmaker
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# arq's own timeout sits above ours so our handler (which records TIMEOUT on
+# the job) always runs first.
+ARQ_TIMEOUT_MARGIN_SECONDS = 60
+
+
+async def _prepare_models(settings: Settings) -> None:
+    from services.gpu.models import ensure_model
+
+    for model_id in settings.prepare_models:
+        try:
+            await asyncio.to_thread(ensure_model, model_id, settings.models_dir)
+            log.info("model_ready", model=model_id)
+        except Exception as exc:  # a worker still runs jobs; the trainer reports the real error
+            log.warning("model_prepare_failed", model=model_id, error=str(exc))
+
+
+def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -> Worker:
+    database_url, redis_url = settings.require_urls()
+    worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        typed = cast(WorkerContext, ctx)
+        engine = create_engine(database_url)
+        typed["settings"] = settings
+        typed["engine"] = engine
+        typed["sessionmaker"] = create_sessionmaker(engine)
+        typed["backend"] = create_backend(settings)
+        typed["worker_id"] = worker_id
+        if settings.prepare_models:
+            # Convert/cache base models in the background so the first training
+            # does not pay for it; trainers cope with a cache being filled.
+            ctx["prepare_task"] = asyncio.create_task(_prepare_models(settings))
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        engine = ctx.get("engine")
+        if engine is not None:
+            await engine.dispose()
+
+    options: dict[str, Any] = {
+        "functions": [
+            func(run_training, name="run_training", timeout=settings.job_timeout_seconds + ARQ_TIMEOUT_MARGIN_SECONDS),
+            func(generate, name="generate", timeout=settings.generation_timeout_seconds),
+        ],
+        "redis_settings": RedisSettings.from_dsn(redis_url),
+        "queue_name": settings.queue_name,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "max_jobs": settings.worker_max_jobs,
+        "health_check_interval": settings.worker_health_seconds,
+        "keep_result": 60,
+        "allow_abort_jobs": True,
+        "burst": burst,
+        "handle_signals": not burst,
+    }
+    options.update(overrides)
+    return Worker(**options)
+
+
+def run_worker(settings: Settings) -> None:
+    build_worker(settings).run()

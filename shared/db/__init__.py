@@ -1,0 +1,1 @@
+"""Database access: the async engine factory and the ORM models."""

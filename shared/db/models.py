@@ -1,0 +1,166 @@
+"""ORM models for the four tables of the spec (fb_skills, fb_training_jobs,
+fb_adapters, fb_training_logs). Alembic migrations are the source of the schema;
+these mirror them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSONB, list[Any]: JSONB}
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING)
+TERMINAL_JOB_STATUSES = (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+def _now() -> Any:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class Skill(Base):
+    __tablename__ = "fb_skills"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    system_prompt: Mapped[str] = mapped_column(Text, nullable=False)
+    description: Mapped[str | None] = mapped_column(Text)
+    knowledge_items: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"), nullable=False)
+    # The example conversations, [{"user": ..., "assistant": ...}, ...].
+    training_data: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"), nullable=False)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
+    )
+
+
+class TrainingJob(Base):
+    __tablename__ = "fb_training_jobs"
+    __table_args__ = (
+        Index("idx_training_jobs_skill", "skill_id"),
+        Index("idx_training_jobs_status", "status"),
+        Index(
+            "uq_training_jobs_one_active",
+            "skill_id",
+            unique=True,
+            postgresql_where=text("status IN ('pending', 'queued', 'running')"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()"))
+    skill_id: Mapped[str] = mapped_column(Text, ForeignKey("fb_skills.id", ondelete="CASCADE"), nullable=False)
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default=JobStatus.PENDING.value)
+    config: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    # The skill's prompt and examples as they were when training was requested.
+    dataset: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+
+    progress: Mapped[float] = mapped_column(Float, nullable=False, server_default=text("0"))
+    current_step: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    total_steps: Mapped[int | None] = mapped_column(Integer)
+    current_epoch: Mapped[float] = mapped_column(Float, nullable=False, server_default=text("0"))
+    total_epochs: Mapped[int | None] = mapped_column(Integer)
+    current_loss: Mapped[float | None] = mapped_column(Float)
+    eta_seconds: Mapped[float | None] = mapped_column(Float)
+
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    estimated_completion: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    initial_loss: Mapped[float | None] = mapped_column(Float)
+    final_loss: Mapped[float | None] = mapped_column(Float)
+    training_time_seconds: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    estimated_cost: Mapped[float | None] = mapped_column(Float)
+    estimated_time_minutes: Mapped[float | None] = mapped_column(Float)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+    # Plumbing: attempts, the event counter and the worker lease.
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("1"))
+    max_attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("3"))
+    event_seq: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    lease_owner: Mapped[str | None] = mapped_column(Text)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    arq_job_id: Mapped[str | None] = mapped_column(Text)
+    backend: Mapped[str] = mapped_column(Text, nullable=False, server_default="local")
+
+    created_at: Mapped[datetime] = _now()
+    created_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+
+
+class Adapter(Base):
+    __tablename__ = "fb_adapters"
+    __table_args__ = (
+        Index("idx_adapters_skill", "skill_id"),
+        UniqueConstraint("skill_id", "version", name="uq_adapters_skill_version"),
+        UniqueConstraint("training_job_id", name="uq_adapters_training_job"),
+        Index("uq_adapters_one_active", "skill_id", unique=True, postgresql_where=text("is_active")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()"))
+    skill_id: Mapped[str] = mapped_column(Text, ForeignKey("fb_skills.id", ondelete="CASCADE"), nullable=False)
+    training_job_id: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("fb_training_jobs.id", ondelete="SET NULL")
+    )
+    version: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("1"))
+    is_active: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=text("true"))
+    final_loss: Mapped[float | None] = mapped_column(Float)
+    training_examples: Mapped[int | None] = mapped_column(Integer)
+    training_time_seconds: Mapped[int | None] = mapped_column(Integer)
+    storage_path: Mapped[str] = mapped_column(Text, nullable=False)
+    adapter_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    base_model: Mapped[str | None] = mapped_column(Text)
+    lora_config: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _now()
+    notes: Mapped[str | None] = mapped_column(Text)
+
+
+class TrainingLog(Base):
+    """One stamped event per row: the replayable history of a job's stream."""
+
+    __tablename__ = "fb_training_logs"
+    __table_args__ = (
+        Index("idx_training_logs_job", "job_id"),
+        UniqueConstraint("job_id", "seq", name="uq_training_logs_job_seq"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("fb_training_jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    event_type: Mapped[str] = mapped_column(Text, nullable=False)
+    timestamp: Mapped[datetime] = _now()
+    level: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)

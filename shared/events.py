@@ -1,0 +1,145 @@
+"""The event path: stamp, persist, then publish; and the gap-free subscriber.
+
+Writers call `record_event` inside their transaction and `publish` after the
+commit, so a published event is always already in `fb_training_logs`. Readers
+(`stream_events`) subscribe first, then replay history after their last seq,
+then forward live events, dropping any seq they already sent.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.db.models import TrainingJob, TrainingLog
+from shared.schemas.events import is_terminal
+
+# How long a stream waits on pub/sub before re-reading history from the
+# database: covers a lost pub/sub message or a publisher that died after commit.
+BACKFILL_INTERVAL_SECONDS = 2.0
+
+
+def channel(job_id: uuid.UUID | str) -> str:
+    return f"fastbrain:job:{job_id}"
+
+
+def _level(payload: dict[str, Any]) -> str:
+    if payload.get("type") == "error":
+        return "error"
+    return str(payload.get("level") or "info")
+
+
+def _message(payload: dict[str, Any]) -> str | None:
+    kind = payload.get("type")
+    if kind == "progress":
+        loss = payload.get("loss")
+        loss_text = f": loss={loss:.3f}" if isinstance(loss, int | float) else ""
+        return f"Step {payload.get('step')}/{payload.get('total_steps')}{loss_text}"
+    if kind == "error":
+        return str(payload.get("user_message") or payload.get("message"))
+    if kind == "status":
+        return str(payload.get("message") or f"Status: {payload.get('status')}")
+    if kind == "complete":
+        return "Training complete"
+    return str(payload.get("message")) if payload.get("message") is not None else None
+
+
+async def record_event(session: AsyncSession, job_id: uuid.UUID, payload: dict[str, Any]) -> dict[str, Any]:
+    """Stamp `payload` with the job's next seq and add it to the session.
+
+    The seq comes from an UPDATE ... RETURNING on the job row, which also locks
+    the row until commit: concurrent writers for one job serialise, and seqs
+    stay strictly increasing without gaps.
+    """
+    seq = (
+        await session.execute(
+            update(TrainingJob)
+            .where(TrainingJob.id == job_id)
+            .values(event_seq=TrainingJob.event_seq + 1)
+            .returning(TrainingJob.event_seq)
+        )
+    ).scalar_one()
+    now = datetime.now(UTC)
+    event = {"job_id": str(job_id), "seq": seq, "ts": now.isoformat(), **payload}
+    session.add(
+        TrainingLog(
+            job_id=job_id,
+            seq=seq,
+            event_type=str(payload["type"]),
+            timestamp=now,
+            level=_level(payload),
+            message=_message(payload),
+            data=event,
+        )
+    )
+    return event
+
+
+async def publish(redis: Redis, events: list[dict[str, Any]] | dict[str, Any]) -> None:
+    """Publish committed events; pub/sub is best effort, history is the truth."""
+    for event in events if isinstance(events, list) else [events]:
+        await redis.publish(channel(event["job_id"]), json.dumps(event))
+
+
+async def history(session: AsyncSession, job_id: uuid.UUID, after_seq: int = 0) -> list[dict[str, Any]]:
+    """A job's stored events with seq > `after_seq`, in order."""
+    rows = await session.scalars(
+        select(TrainingLog.data).where(TrainingLog.job_id == job_id, TrainingLog.seq > after_seq).order_by(TrainingLog.seq)
+    )
+    return list(rows)
+
+
+async def read_history(
+    sessionmaker: async_sessionmaker[AsyncSession], job_id: uuid.UUID, after_seq: int = 0
+) -> list[dict[str, Any]]:
+    async with sessionmaker() as session:
+        return await history(session, job_id, after_seq)
+
+
+async def stream_events(
+    redis: Redis,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    job_id: uuid.UUID,
+    after_seq: int = 0,
+) -> AsyncIterator[dict[str, Any]]:
+    """History after `after_seq`, then live events, in seq order, each once.
+
+    Ends after the job's terminal event.
+    """
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(channel(job_id))
+    last = after_seq
+    try:
+        pending = await read_history(sessionmaker, job_id, last)
+        while True:
+            for event in pending:
+                if event["seq"] <= last:
+                    continue
+                if event["seq"] > last + 1:
+                    # A gap: something published was missed; fill it from the table.
+                    for missed in await read_history(sessionmaker, job_id, last):
+                        if missed["seq"] >= event["seq"]:
+                            break
+                        last = missed["seq"]
+                        yield missed
+                        if is_terminal(missed):
+                            return
+                last = event["seq"]
+                yield event
+                if is_terminal(event):
+                    return
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=BACKFILL_INTERVAL_SECONDS)
+            if message is None:
+                pending = await read_history(sessionmaker, job_id, last)
+            else:
+                pending = [json.loads(message["data"])]
+    finally:
+        await pubsub.unsubscribe(channel(job_id))
+        await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -1,0 +1,1 @@
+"""Pydantic schemas shared by the API, the worker and the trainer."""

@@ -1,0 +1,86 @@
+"""Skill request and response bodies (the spec's HIVE215 format)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SKILL_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+MAX_TEXT = 20_000
+
+
+class Conversation(BaseModel):
+    """One example: what a user says and what the skill answers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: str = Field(min_length=1, max_length=MAX_TEXT, examples=["What is blackstrap molasses?"])
+    assistant: str = Field(min_length=1, max_length=MAX_TEXT, examples=["Blackstrap is the third boil..."])
+
+    @field_validator("user", "assistant")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class SkillCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    skill_id: str = Field(
+        pattern=SKILL_ID_PATTERN,
+        description="Lowercase letters, digits, '-' and '_', up to 63 characters.",
+        examples=["molasses-master-expert"],
+    )
+    name: str = Field(min_length=1, max_length=200)
+    system_prompt: str = Field(min_length=1, max_length=MAX_TEXT)
+    description: str | None = Field(None, max_length=2_000)
+    knowledge_items: list[Any] = Field(default_factory=list)
+    conversations: list[Conversation] = Field(default_factory=list, max_length=50_000)
+
+
+class SkillUpdate(BaseModel):
+    """Fields to change; `conversations`, when given, replaces all examples."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    system_prompt: str | None = Field(None, min_length=1, max_length=MAX_TEXT)
+    description: str | None = Field(None, max_length=2_000)
+    knowledge_items: list[Any] | None = None
+    conversations: list[Conversation] | None = Field(None, max_length=50_000)
+
+
+class ExamplesAppend(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    conversations: list[Conversation] = Field(min_length=1, max_length=50_000)
+
+
+class ExamplesAppended(BaseModel):
+    skill_id: str
+    added: int
+    example_count: int
+
+
+class SkillSummary(BaseModel):
+    skill_id: str
+    name: str
+    description: str | None
+    example_count: int
+    active_adapter_version: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SkillOut(SkillSummary):
+    system_prompt: str
+    knowledge_items: list[Any]
+    conversations: list[Conversation]
+
+
+class SkillList(BaseModel):
+    skills: list[SkillSummary]

@@ -1,0 +1,115 @@
+"""Training configuration: presets, hyperparameters and the spec handed to a trainer.
+
+The API resolves a request (`preset` plus per-field overrides) into concrete
+`Hyperparameters`; the worker wraps those with the skill's data into a
+`TrainingSpec`, which is all a trainer (local subprocess or Modal) ever sees.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+
+
+class Preset(StrEnum):
+    QUICK = "quick"
+    STANDARD = "standard"
+    DEEP = "deep"
+    CUSTOM = "custom"
+
+
+class Hyperparameters(BaseModel):
+    """Concrete values a trainer uses. Defaults are the spec's (Unsloth's) QLoRA defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lora_r: int = Field(16, ge=1, le=256, description="LoRA rank: capacity of the adapter.")
+    lora_alpha: int = Field(16, ge=1, le=512, description="LoRA scaling; usually equal to r or 2r.")
+    lora_dropout: float = Field(0.0, ge=0.0, le=0.5, description="Dropout on LoRA layers.")
+    learning_rate: float = Field(2e-4, gt=0.0, le=1e-2, description="Peak learning rate.")
+    epochs: int = Field(3, ge=1, le=50, description="Passes over the training examples.")
+    batch_size: int = Field(2, ge=1, le=64, description="Examples per device per step.")
+    gradient_accumulation_steps: int = Field(
+        4, ge=1, le=64, description="Micro-batches per optimizer step (effective batch = batch_size x this)."
+    )
+    max_seq_length: int = Field(512, ge=32, le=8192, description="Tokens per example, longer ones are cut.")
+    warmup_ratio: float = Field(0.03, ge=0.0, le=0.5, description="Share of steps spent warming up.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule.")
+    max_steps: int | None = Field(None, ge=1, le=100_000, description="Stop after this many steps (overrides epochs).")
+    seed: int = Field(42, ge=0, description="Random seed, recorded for reproducibility.")
+    gradient_checkpointing: bool | None = Field(
+        None, description="Trade compute for memory. Unset: on for CUDA, off on CPU (it is ~20x slower there)."
+    )
+
+
+PRESET_DESCRIPTIONS: dict[Preset, str] = {
+    Preset.QUICK: "One fast pass to check that everything works; the adapter learns little.",
+    Preset.STANDARD: "The recommended default: the spec's QLoRA settings, 3 epochs.",
+    Preset.DEEP: "More capacity and more epochs for larger or harder skills; slower and costlier.",
+    Preset.CUSTOM: "Start from Standard and set every value yourself.",
+}
+
+PRESETS: dict[Preset, Hyperparameters] = {
+    Preset.QUICK: Hyperparameters(lora_r=8, lora_alpha=8, epochs=1),
+    Preset.STANDARD: Hyperparameters(),
+    Preset.DEEP: Hyperparameters(lora_r=32, lora_alpha=32, epochs=5, learning_rate=1e-4),
+    Preset.CUSTOM: Hyperparameters(),
+}
+
+
+class TrainingConfigRequest(BaseModel):
+    """What a client sends: a preset, a base model, and any field to override."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: Preset = Field(Preset.STANDARD, description="quick, standard, deep or custom.")
+    base_model: str = Field(DEFAULT_BASE_MODEL, description="A model id from GET /api/models.")
+    lora_r: int | None = Field(None, ge=1, le=256)
+    lora_alpha: int | None = Field(None, ge=1, le=512)
+    lora_dropout: float | None = Field(None, ge=0.0, le=0.5)
+    learning_rate: float | None = Field(None, gt=0.0, le=1e-2)
+    epochs: int | None = Field(None, ge=1, le=50)
+    batch_size: int | None = Field(None, ge=1, le=64)
+    gradient_accumulation_steps: int | None = Field(None, ge=1, le=64)
+    max_seq_length: int | None = Field(None, ge=32, le=8192)
+    warmup_ratio: float | None = Field(None, ge=0.0, le=0.5)
+    lr_scheduler: Literal["cosine", "linear", "constant"] | None = None
+    max_steps: int | None = Field(None, ge=1, le=100_000)
+    seed: int | None = Field(None, ge=0)
+    gradient_checkpointing: bool | None = None
+
+    def resolve(self) -> Hyperparameters:
+        """The preset's values with every explicitly set field laid over them."""
+        overrides = self.model_dump(exclude={"preset", "base_model"}, exclude_none=True)
+        return PRESETS[self.preset].model_copy(update=overrides)
+
+
+class TrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    config: TrainingConfigRequest = Field(default_factory=TrainingConfigRequest)
+
+
+class Turn(BaseModel):
+    """One user message and the answer the skill should give."""
+
+    user: str
+    assistant: str
+
+
+class TrainingSpec(BaseModel):
+    """Everything a trainer needs for one attempt of one job; JSON-serialisable."""
+
+    job_id: str
+    skill_id: str
+    base_model: str
+    system_prompt: str
+    conversations: list[Turn]
+    hyperparameters: Hyperparameters
+    output_dir: str = Field(description="Where the trainer writes the adapter (a staging dir).")
+    models_dir: str = Field(description="Cache of converted/built base models.")
+    attempt: int = 1

@@ -1,0 +1,52 @@
+"""Configuration from the environment (prefix `FASTBRAIN_`), one object for all parts."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FASTBRAIN_", env_file=".env", extra="ignore")
+
+    database_url: str | None = Field(
+        None, description="SQLAlchemy async URL (postgresql+asyncpg://...). Unset: `fastbrain dev` embeds one."
+    )
+    redis_url: str | None = Field(None, description="redis://host:port/db. Unset: `fastbrain dev` embeds one.")
+    data_dir: Path = Field(Path("./data"), description="Adapters, model cache and embedded services live here.")
+    model_cache_dir: Path | None = Field(None, description="Converted base models; default: <data_dir>/models.")
+    queue_name: str = Field("fastbrain:queue", description="arq queue; separate names isolate deployments.")
+    gpu_backend: Literal["local"] = Field("local", description="Where training runs.")
+    job_timeout_seconds: int = Field(6 * 3600, ge=60, description="Hard limit for one training attempt.")
+    local_price_per_hour: float = Field(
+        0.0, ge=0.0, description="USD per hour billed for local training (0: your own hardware)."
+    )
+    worker_max_jobs: int = Field(4, ge=1, description="Concurrent arq jobs per worker (training runs in subprocesses).")
+    worker_health_seconds: int = Field(5, ge=1, description="How often the worker reports it is alive.")
+    generation_timeout_seconds: int = Field(300, ge=5, description="Longest wait for a test-adapter answer.")
+    prepare_models: list[str] = Field(
+        default_factory=list, description="Base models a worker converts/caches at startup (JSON list)."
+    )
+    log_level: str = Field("INFO", description="structlog level.")
+    log_json: bool = Field(False, description="JSON log lines instead of console lines.")
+
+    @cached_property
+    def adapters_dir(self) -> Path:
+        return self.data_dir.resolve() / "adapters"
+
+    @cached_property
+    def models_dir(self) -> Path:
+        return (self.model_cache_dir or self.data_dir / "models").resolve()
+
+    def require_urls(self) -> tuple[str, str]:
+        """Both service URLs, or a clear error for the production commands."""
+        if not self.database_url or not self.redis_url:
+            raise RuntimeError(
+                "FASTBRAIN_DATABASE_URL and FASTBRAIN_REDIS_URL must be set "
+                "(or use `fastbrain dev`, which starts embedded PostgreSQL and Redis)."
+            )
+        return self.database_url, self.redis_url

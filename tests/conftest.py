@@ -1,0 +1,211 @@
+"""Shared fixtures: real PostgreSQL and Redis, a real API server and worker.
+
+Services, in order: FASTBRAIN_TEST_DATABASE_URL / FASTBRAIN_TEST_REDIS_URL;
+else the test machines' PostgreSQL (127.0.0.1:5432, database `test`) and Redis
+(127.0.0.1:6379); else embedded ones under .cache/test-services. Each session
+uses its own arq queue name, so stale jobs of other runs never reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared.db import migrate
+from shared.db.engine import create_engine, create_sessionmaker
+from shared.embedded import port_open, start_embedded
+from shared.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CACHE = REPO_ROOT / ".cache"
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+
+
+def _service_urls() -> tuple[str, str]:
+    database_url = os.environ.get("FASTBRAIN_TEST_DATABASE_URL")
+    redis_url = os.environ.get("FASTBRAIN_TEST_REDIS_URL")
+    if not database_url and port_open("127.0.0.1", 5432):
+        database_url = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+    if not redis_url and port_open("127.0.0.1", 6379):
+        redis_url = "redis://127.0.0.1:6379/0"
+    if not database_url or not redis_url:
+        embedded = start_embedded(
+            CACHE / "test-services", need_postgres=not database_url, need_redis=not redis_url
+        )
+        database_url = database_url or embedded.database_url
+        redis_url = redis_url or embedded.redis_url
+    assert database_url and redis_url
+    return database_url, redis_url
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    database_url, redis_url = _service_urls()
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        data_dir=tmp_path_factory.mktemp("fastbrain-data"),
+        model_cache_dir=Path(os.environ.get("FASTBRAIN_TEST_MODELS_DIR", CACHE / "test-models")),
+        queue_name=f"fastbrain-test:{uuid.uuid4().hex[:8]}",
+        worker_health_seconds=1,
+        job_timeout_seconds=900,
+        generation_timeout_seconds=300,
+    )
+
+
+def service_env(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "FASTBRAIN_DATABASE_URL": str(settings.database_url),
+        "FASTBRAIN_REDIS_URL": str(settings.redis_url),
+        "FASTBRAIN_DATA_DIR": str(settings.data_dir),
+        "FASTBRAIN_MODEL_CACHE_DIR": str(settings.models_dir),
+        "FASTBRAIN_QUEUE_NAME": settings.queue_name,
+        "FASTBRAIN_WORKER_HEALTH_SECONDS": str(settings.worker_health_seconds),
+        "FASTBRAIN_JOB_TIMEOUT_SECONDS": str(settings.job_timeout_seconds),
+        "FASTBRAIN_LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture(scope="session")
+def migrated(settings: Settings) -> Settings:
+    """A fresh schema: down to base (drops what an earlier run left), then up to head."""
+    assert settings.database_url
+    migrate.downgrade(settings.database_url, "base")
+    migrate.upgrade(settings.database_url, "head")
+    return settings
+
+
+@pytest.fixture(scope="session")
+async def engine(migrated: Settings) -> AsyncIterator[AsyncEngine]:
+    assert migrated.database_url
+    engine = create_engine(migrated.database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return create_sessionmaker(engine)
+
+
+@pytest.fixture(scope="session")
+async def redis(settings: Settings) -> AsyncIterator[Redis]:
+    client: Redis = Redis.from_url(str(settings.redis_url))
+    yield client
+    keys = [k async for k in client.scan_iter(match=f"{settings.queue_name}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+async def clean_db(engine: AsyncEngine) -> AsyncEngine:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("TRUNCATE fb_training_logs, fb_adapters, fb_training_jobs, fb_skills RESTART IDENTITY CASCADE")
+        )
+    return engine
+
+
+class ServiceProcess:
+    """A `fastbrain` subcommand as a real child process, its output kept in a log file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.log_path = ARTIFACTS / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", *args], env=env, cwd=REPO_ROOT, stdout=self._log, stderr=self._log
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="session")
+def api_url(migrated: Settings) -> Iterator[str]:
+    port = free_port()
+    server = ServiceProcess("api", ["api", "--host", "127.0.0.1", "--port", str(port)], service_env(migrated))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            pytest.fail(f"API exited early:\n{server.tail()}")
+        try:
+            if httpx.get(f"{url}/api/health", timeout=1).status_code in (200, 503):
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        pytest.fail(f"API did not start:\n{server.tail()}")
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(migrated: Settings) -> Iterator[ServiceProcess]:
+    process = ServiceProcess("worker", ["worker"], service_env(migrated))
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+async def client(api_url: str, clean_db: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api_url, timeout=60) as http:
+        yield http
+
+
+def demo_conversations(n: int) -> list[dict[str, str]]:
+    topics = ["molasses", "honey", "maple syrup", "treacle", "sorghum", "agave", "date syrup", "cane sugar"]
+    return [
+        {
+            "user": f"Tell me about {topics[i % len(topics)]} number {i}.",
+            "assistant": f"{topics[i % len(topics)].capitalize()} {i} is a sweet syrup with a rich history.",
+        }
+        for i in range(n)
+    ]
+
+
+async def wait_for_status(
+    http: httpx.AsyncClient, job_id: str, statuses: set[str], timeout: float = 600
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = (await http.get(f"/api/training-status/{job_id}")).json()
+        if body.get("status") in statuses:
+            return body
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"job {job_id} never reached {statuses}; last: {body}")

@@ -1,0 +1,262 @@
+"""The trainer as the local backend runs it: a real subprocess, JSON lines on stdout, a real adapter."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.errors import ErrorCategory
+from shared.schemas.events import CompletePayload, ErrorPayload, LogPayload, ProgressPayload, parse_payload
+from shared.schemas.training import Hyperparameters, TrainingSpec, Turn
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+CONVERSATIONS = [
+    Turn(user="Hi, who are you?", assistant="I'm Bob from Bob's Plumbing. How can I help?"),
+    Turn(user="My kitchen sink is leaking.", assistant="First close the valve under the sink, then call us."),
+    Turn(user="How much is a visit?", assistant="A visit is 80 dollars; parts are extra."),
+    Turn(user="Can you come tomorrow?", assistant="Yes, tomorrow at 9 am works. What is your address?"),
+    Turn(user="Thanks!", assistant="You're welcome. See you tomorrow!"),
+]
+
+
+def models_dir() -> Path:
+    path = Path(os.environ.get("FASTBRAIN_TEST_MODELS_DIR") or REPO_ROOT / ".cache" / "test-models")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class Run:
+    returncode: int
+    payloads: list[Any]
+    stderr: str
+    output_dir: Path
+    wall_seconds: float
+
+
+def make_spec(tmp: Path, base_model: str = "tiny-random", conversations: list[Turn] | None = None,
+              **hyperparameters: Any) -> Path:
+    spec = TrainingSpec(
+        job_id="job-test",
+        skill_id="skill-test",
+        base_model=base_model,
+        system_prompt="You are Bob, a friendly plumber. Answer briefly.",
+        conversations=CONVERSATIONS if conversations is None else conversations,
+        hyperparameters=Hyperparameters(**hyperparameters),
+        output_dir=str(tmp / "adapter"),
+        models_dir=str(models_dir()),
+    )
+    path = tmp / "spec.json"
+    path.write_text(spec.model_dump_json())
+    return path
+
+
+def run_trainer(spec_path: Path, timeout: float = 600) -> Run:
+    started = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.gpu.trainer", str(spec_path)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "FASTBRAIN_TRAIN_DEVICE": "cpu"},
+    )
+    wall = time.perf_counter() - started
+    lines = [line for line in proc.stdout.splitlines()]
+    assert all(line.strip() for line in lines), f"blank line on stdout: {proc.stdout!r}"
+    payloads = [parse_payload(line) for line in lines]  # every stdout line is a valid payload
+    output_dir = Path(json.loads(spec_path.read_text())["output_dir"])
+    return Run(proc.returncode, payloads, proc.stderr, output_dir, wall)
+
+
+def progress_of(run: Run) -> list[ProgressPayload]:
+    return [p for p in run.payloads if isinstance(p, ProgressPayload)]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    tmp = tmp_path_factory.mktemp("tiny")
+    spec = make_spec(tmp, max_steps=4, batch_size=2, gradient_accumulation_steps=1, max_seq_length=128)
+    return run_trainer(spec)
+
+
+def test_tiny_random_job_streams_progress_and_completes(tiny_run: Run) -> None:
+    assert tiny_run.returncode == 0, tiny_run.stderr[-3000:]
+    messages = [p.message for p in tiny_run.payloads if isinstance(p, LogPayload)]
+    assert any(m.startswith("Loaded 5 training examples") for m in messages)
+    assert any(m.startswith("Model loaded: ") and "(cpu, float32)" in m for m in messages)
+    assert any(m.startswith("LoRA configured (r=16") for m in messages)
+    assert any(m.startswith("Training started") for m in messages)
+
+    progress = progress_of(tiny_run)
+    assert [p.step for p in progress] == [1, 2, 3, 4]
+    for p in progress:
+        assert p.total_steps == 4
+        assert p.loss is not None and p.loss > 0
+        assert p.learning_rate is not None
+        assert p.grad_norm is not None
+        assert p.tokens_per_second is not None and p.tokens_per_second > 0
+        assert p.eta_seconds is not None and p.eta_seconds >= 0
+        assert p.gpu_memory_used_gb is None
+        assert p.epoch > 0 and p.total_epochs >= 1
+    assert progress[-1].progress == 100.0
+    assert [p.progress for p in progress] == sorted(p.progress for p in progress)
+
+    assert isinstance(tiny_run.payloads[-1], CompletePayload)
+    complete = tiny_run.payloads[-1]
+    assert complete.adapter_path == str(tiny_run.output_dir)
+    assert complete.initial_loss == progress[0].loss
+    assert complete.final_loss == progress[-1].loss
+    assert complete.training_time_seconds is not None and complete.training_time_seconds > 0
+    assert complete.model_dump()["steps"] == 4
+    assert not any(isinstance(p, ErrorPayload) for p in tiny_run.payloads)
+
+
+def test_tiny_random_adapter_files_and_metadata(tiny_run: Run) -> None:
+    out = tiny_run.output_dir
+    for name in ("adapter_model.safetensors", "adapter_config.json", "training_metadata.json"):
+        assert (out / name).is_file(), name
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 16
+    assert set(adapter_config["target_modules"]) == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+    }
+    meta = json.loads((out / "training_metadata.json").read_text())
+    assert meta["base_model"] == "tiny-random"
+    assert meta["config"]["lora_r"] == 16 and meta["config"]["max_steps"] == 4
+    assert len(meta["dataset_sha256"]) == 64
+    assert len(meta["chat_template_sha256"]) == 64
+    assert meta["seed"] == 42
+    assert meta["device"] == "cpu"
+    assert meta["created_at"]
+    assert set(meta["library_versions"]) >= {"torch", "transformers", "peft", "trl"}
+    metrics = meta["metrics"]
+    assert metrics["steps"] == 4
+    assert metrics["initial_loss"] == progress_of(tiny_run)[0].loss
+    assert metrics["final_loss"] == progress_of(tiny_run)[-1].loss
+    assert metrics["train_tokens"] > 0
+    assert metrics["tokens_per_second"] > 0
+    assert metrics["training_time_seconds"] > 0
+    assert [h["step"] for h in metrics["loss_history"]] == [1, 2, 3, 4]
+
+
+def test_tiny_random_adapter_loads_with_peft_and_generates(tiny_run: Run) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from services.gpu import inference
+
+    base = AutoModelForCausalLM.from_pretrained(models_dir() / "tiny-random")
+    model = PeftModel.from_pretrained(base, tiny_run.output_dir)
+    assert model.active_adapter == "default"
+
+    answer = inference.generate(
+        models_dir(), "tiny-random", tiny_run.output_dir, "You are Bob.", "Hi!", max_new_tokens=8
+    )
+    assert isinstance(answer, str)
+    again = inference.generate(
+        models_dir(), "tiny-random", tiny_run.output_dir, "You are Bob.", "Hi!", max_new_tokens=8
+    )
+    assert again == answer  # deterministic decoding, cached model
+    pieces = list(
+        inference.iter_generate(models_dir(), "tiny-random", tiny_run.output_dir, "You are Bob.", "Hi!", 8)
+    )
+    assert "".join(pieces).strip() == answer
+
+
+@pytest.mark.slow
+def test_smollm2_trains_two_steps_and_chats(tmp_path: Path) -> None:
+    from services.gpu import inference
+
+    spec = make_spec(
+        tmp_path, base_model="smollm2-135m-instruct", max_steps=2, batch_size=1,
+        gradient_accumulation_steps=1, max_seq_length=64,
+    )
+    run = run_trainer(spec)
+    assert run.returncode == 0, run.stderr[-3000:]
+    progress = progress_of(run)
+    assert [p.step for p in progress] == [1, 2]
+    assert all(p.loss is not None and 0 < p.loss < 20 for p in progress)
+    assert isinstance(run.payloads[-1], CompletePayload)
+    assert (run.output_dir / "adapter_model.safetensors").is_file()
+
+    answer = inference.generate(
+        models_dir(), "smollm2-135m-instruct", run.output_dir,
+        "You are Bob, a friendly plumber. Answer briefly.", "How much is a visit?", max_new_tokens=24,
+    )
+    assert isinstance(answer, str) and answer.strip()
+    print(f"\nsmollm2: {progress[-1].elapsed_seconds / 2:.2f}s/step (batch 1, seq<=64); "  # type: ignore[attr-defined]
+          f"job wall {run.wall_seconds:.1f}s; answer={answer!r}")
+
+
+def assert_error(run: Run, category: ErrorCategory) -> ErrorPayload:
+    assert run.returncode == 1
+    assert run.payloads, run.stderr[-2000:]
+    last = run.payloads[-1]
+    assert isinstance(last, ErrorPayload), last
+    assert last.category == category.value, last
+    assert last.user_message and last.suggestions and last.exception_type
+    assert sum(isinstance(p, ErrorPayload) for p in run.payloads) == 1
+    return last
+
+
+def test_unknown_base_model_is_model_load_fail(tmp_path: Path) -> None:
+    error = assert_error(run_trainer(make_spec(tmp_path, base_model="no-such-model")), ErrorCategory.MODEL_LOAD_FAIL)
+    assert "tiny-random" in error.message  # names the allowed ids
+
+
+def test_gpu_only_model_is_model_load_fail(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, base_model="unsloth/Llama-3.2-3B-Instruct-bnb-4bit")
+    error = assert_error(run_trainer(spec), ErrorCategory.MODEL_LOAD_FAIL)
+    assert "Modal" in error.message
+
+
+def test_empty_conversations_is_data_format_error(tmp_path: Path) -> None:
+    assert_error(run_trainer(make_spec(tmp_path, conversations=[])), ErrorCategory.DATA_FORMAT_ERROR)
+
+
+def test_malformed_spec_is_data_format_error(tmp_path: Path) -> None:
+    path = tmp_path / "spec.json"
+    path.write_text('{"job_id": "x"}')
+    assert_error(run_trainer(path), ErrorCategory.DATA_FORMAT_ERROR)
+
+
+def test_sigterm_stops_training_promptly(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, max_steps=5000, batch_size=1, gradient_accumulation_steps=1, max_seq_length=64)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.gpu.trainer", str(spec)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "FASTBRAIN_TRAIN_DEVICE": "cpu"},
+    )
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            if isinstance(parse_payload(line), ProgressPayload):
+                break
+        else:
+            pytest.fail("no progress before exit")
+        sent = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stdout.read()
+        code = proc.wait(timeout=30)
+        assert time.perf_counter() - sent < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 128 + signal.SIGTERM
+    last = parse_payload(rest.strip().splitlines()[-1])
+    assert isinstance(last, ErrorPayload) and last.category == ErrorCategory.CANCELLED.value
+    assert not (tmp_path / "adapter").exists()

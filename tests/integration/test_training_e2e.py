@@ -1,0 +1,146 @@
+"""End to end: create a skill, train tiny-random, stream it live, chat with it.
+
+Real API server, real worker process, real PostgreSQL/Redis, real training
+(transformers + PEFT + TRL on a random-weight 2-layer Llama).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from shared.settings import Settings
+from tests.conftest import ServiceProcess, demo_conversations, wait_for_status
+
+SKILL_ID = "e2e-skill"
+TINY = {"preset": "quick", "base_model": "tiny-random", "max_steps": 6, "batch_size": 2,
+        "gradient_accumulation_steps": 1, "max_seq_length": 128}
+
+
+async def create_skill(http: httpx.AsyncClient, skill_id: str = SKILL_ID, n: int = 12) -> None:
+    response = await http.post(
+        "/api/skills",
+        json={"skill_id": skill_id, "name": "E2E", "system_prompt": "You are terse.",
+              "conversations": demo_conversations(n)},
+    )
+    assert response.status_code == 201, response.text
+
+
+async def collect_stream(url: str, after_seq: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    async with websockets.connect(f"{url}?after_seq={after_seq}", open_timeout=10) as ws:
+        async for message in ws:
+            events.append(json.loads(message))
+            if limit is not None and len(events) >= limit:
+                break
+    return events
+
+
+def ws_url(api_url: str, job_id: str) -> str:
+    return api_url.replace("http://", "ws://") + f"/api/training-stream/{job_id}"
+
+
+async def test_train_stream_and_chat(
+    client: httpx.AsyncClient, api_url: str, worker: ServiceProcess, migrated: Settings
+) -> None:
+    await create_skill(client)
+    posted_at = time.monotonic()
+    started = await client.post(f"/api/train-skill/{SKILL_ID}", json={"config": TINY})
+    assert started.status_code == 202, started.text
+    accepted = started.json()
+    assert accepted["status"] == "queued"
+    assert accepted["estimated_time_minutes"] > 0
+    job_id = accepted["job_id"]
+
+    # A second start while this one runs is refused with the running job's id.
+    again = await client.post(f"/api/train-skill/{SKILL_ID}", json={"config": TINY})
+    assert again.status_code == 409
+    assert again.json()["error"]["details"]["job_id"] == job_id
+
+    live = await collect_stream(ws_url(api_url, job_id))
+    first_progress_seconds = time.monotonic() - posted_at
+    seqs = [e["seq"] for e in live]
+    assert seqs == list(range(1, len(seqs) + 1)), "no gaps, no duplicates, in order"
+    types = [e["type"] for e in live]
+    assert types[0] == "status" and types[-1] == "complete", types
+    progress = [e for e in live if e["type"] == "progress"]
+    steps = [e["step"] for e in progress]
+    assert steps == list(range(1, 7)), steps
+    for event in progress:
+        assert event["total_steps"] == 6
+        assert event["loss"] is not None and event["learning_rate"] is not None
+        assert event["tokens_per_second"] > 0
+        assert 0 < event["progress"] <= 100
+    assert any(e["type"] == "log" for e in live)
+    complete = live[-1]
+    assert complete["adapter_version"] == 1
+    print(f"job finished {first_progress_seconds:.1f}s after POST")
+
+    status = await wait_for_status(client, job_id, {"completed"}, timeout=30)
+    assert status["progress"] == 100
+    assert status["final_loss"] == pytest.approx(progress[-1]["loss"])
+    assert [p["step"] for p in status["metrics_history"]] == steps
+    assert status["adapter_id"] == complete["adapter_id"]
+
+    adapters = (await client.get("/api/adapters", params={"skill_id": SKILL_ID})).json()["adapters"]
+    assert len(adapters) == 1 and adapters[0]["is_active"] and adapters[0]["version"] == 1
+    adapter_dir = Path(adapters[0]["storage_path"])
+    assert adapter_dir == migrated.adapters_dir / SKILL_ID / "v1"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "training_metadata.json"):
+        assert (adapter_dir / name).is_file(), name
+    assert not any((migrated.adapters_dir / SKILL_ID / ".staging").glob("*")), "staging is cleaned"
+
+    # A client connecting after the end still receives the full history.
+    replay = await collect_stream(ws_url(api_url, job_id))
+    assert replay == live
+    resumed = await collect_stream(ws_url(api_url, job_id), after_seq=3)
+    assert [e["seq"] for e in resumed] == seqs[3:]
+
+    chat = await client.post(f"/api/test-adapter/{SKILL_ID}", json={"prompt": "Hello?", "max_new_tokens": 8})
+    assert chat.status_code == 200, chat.text
+    answer = chat.json()
+    assert isinstance(answer["response"], str)
+    assert answer["generation_time_ms"] > 0
+    assert answer["adapter_version"] == 1
+
+    history = (await client.get("/api/training-jobs")).json()
+    assert history["jobs"][0]["job_id"] == job_id and history["jobs"][0]["status"] == "completed"
+
+
+async def test_versions_activate_and_delete(
+    client: httpx.AsyncClient, api_url: str, worker: ServiceProcess, migrated: Settings
+) -> None:
+    await create_skill(client, n=4)
+    tiny = {**TINY, "max_steps": 2}
+    for _ in range(2):
+        job = (await client.post(f"/api/train-skill/{SKILL_ID}", json={"config": tiny})).json()
+        await wait_for_status(client, job["job_id"], {"completed", "failed"}, timeout=300)
+    adapters = (await client.get("/api/adapters", params={"skill_id": SKILL_ID})).json()["adapters"]
+    assert [(a["version"], a["is_active"]) for a in adapters] == [(2, True), (1, False)]
+
+    v1 = adapters[1]
+    activated = await client.post(f"/api/adapters/{v1['id']}/activate")
+    assert activated.status_code == 200 and activated.json()["is_active"] is True
+    adapters = (await client.get("/api/adapters", params={"skill_id": SKILL_ID})).json()["adapters"]
+    assert [(a["version"], a["is_active"]) for a in adapters] == [(2, False), (1, True)]
+
+    deleted = await client.delete(f"/api/adapters/{v1['id']}")
+    assert deleted.json() == {"success": True, "message": "Adapter deleted"}
+    assert not Path(v1["storage_path"]).exists()
+    adapters = (await client.get("/api/adapters", params={"skill_id": SKILL_ID})).json()["adapters"]
+    assert [(a["version"], a["is_active"]) for a in adapters] == [(2, True)], "newest remaining becomes active"
+    missing = await client.delete(f"/api/adapters/{v1['id']}")
+    assert missing.status_code == 404
+
+
+async def test_test_adapter_without_training_is_404(client: httpx.AsyncClient) -> None:
+    await create_skill(client, n=1)
+    response = await client.post(f"/api/test-adapter/{SKILL_ID}", json={"prompt": "hi"})
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "no_adapter"

@@ -1,0 +1,125 @@
+"""Assistant-only labels with the real SmolLM2 tokenizer and its ChatML template."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.gpu import data
+from services.gpu.models import load_smollm2_tokenizer
+from shared.errors import DataFormatError
+from shared.schemas.training import Turn
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+END_OF_TURN = "<|im_end|>"
+
+
+def models_dir() -> Path:
+    path = Path(os.environ.get("FASTBRAIN_TEST_MODELS_DIR") or REPO_ROOT / ".cache" / "test-models")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return load_smollm2_tokenizer(models_dir())
+
+
+def labelled_runs(example: dict[str, list[int]]) -> list[list[int]]:
+    """Consecutive runs of labelled token ids."""
+    runs: list[list[int]] = []
+    previous = False
+    for token, label in zip(example["input_ids"], example["labels"], strict=True):
+        labelled = label != data.IGNORE_INDEX
+        if labelled:
+            assert label == token
+            if not previous:
+                runs.append([])
+            runs[-1].append(token)
+        previous = labelled
+    return runs
+
+
+def test_only_assistant_answers_carry_labels(tokenizer: Any) -> None:
+    turns = [
+        Turn(user="Hi there, who are you?", assistant="I am Bob, your plumber.\nHow can I help?"),
+        Turn(user="What does a visit cost?", assistant="A visit costs 80 dollars, parts extra."),
+    ]
+    example = data.tokenize_conversation(tokenizer, "You are Bob, a friendly plumber.", turns, 512)
+    assert len(example["input_ids"]) == len(example["labels"])
+    runs = labelled_runs(example)
+    assert [tokenizer.decode(run) for run in runs] == [t.assistant + END_OF_TURN for t in turns]
+
+    # Everything else (system, user, the template's role headers) is masked.
+    text = tokenizer.decode(example["input_ids"])
+    assert text == tokenizer.apply_chat_template(
+        data.build_messages("You are Bob, a friendly plumber.", turns), tokenize=False
+    )
+    unlabelled = [t for t, lbl in zip(example["input_ids"], example["labels"], strict=True) if lbl == -100]
+    masked_text = tokenizer.decode(unlabelled)
+    assert "You are Bob, a friendly plumber." in masked_text
+    assert "Hi there, who are you?" in masked_text
+    assert "What does a visit cost?" in masked_text
+    assert "plumber.\nHow can I help" not in masked_text
+    assert "<|im_start|>assistant" in masked_text
+
+
+def test_system_and_user_tokens_are_ignored(tokenizer: Any) -> None:
+    example = data.tokenize_conversation(tokenizer, "Be brief.", [{"user": "2+2?", "assistant": "4"}], 512)
+    prompt = tokenizer(
+        data.render_prompt(tokenizer, "Be brief.", "2+2?"), add_special_tokens=False
+    )["input_ids"]
+    assert example["input_ids"][: len(prompt)] == prompt
+    assert all(label == -100 for label in example["labels"][: len(prompt)])
+    assert tokenizer.decode([t for t in example["labels"] if t != -100]) == "4" + END_OF_TURN
+    # The newline the template writes after <|im_end|> is not part of the answer.
+    assert example["labels"][-1] == -100
+
+
+def test_truncation_keeps_the_start(tokenizer: Any) -> None:
+    long_answer = " ".join(["word"] * 200)
+    full = data.tokenize_conversation(tokenizer, "System.", [Turn(user="Talk.", assistant=long_answer)], 4096)
+    cut = data.tokenize_conversation(tokenizer, "System.", [Turn(user="Talk.", assistant=long_answer)], 40)
+    assert len(full["input_ids"]) > 40
+    assert len(cut["input_ids"]) == len(cut["labels"]) == 40
+    assert cut["input_ids"] == full["input_ids"][:40]
+    assert cut["labels"] == full["labels"][:40]
+    assert any(label != -100 for label in cut["labels"])
+
+
+def test_examples_cut_before_their_answer_are_dropped(tokenizer: Any) -> None:
+    turns = [Turn(user="short", assistant="ok"), Turn(user="x " * 100, assistant="late answer")]
+    examples = data.build_examples(tokenizer, "System.", turns, 32)
+    assert len(examples) == 1
+    with pytest.raises(DataFormatError):
+        data.build_examples(tokenizer, "System.", [turns[1]], 32)
+
+
+def test_bad_data_is_a_data_format_error(tokenizer: Any) -> None:
+    with pytest.raises(DataFormatError):
+        data.build_examples(tokenizer, "System.", [], 128)
+    with pytest.raises(DataFormatError):
+        data.tokenize_conversation(tokenizer, "System.", [Turn(user="hi", assistant="  ")], 128)
+    with pytest.raises(DataFormatError):
+        data.tokenize_conversation(tokenizer, "System.", [{"user": "hi"}], 128)
+
+
+def test_build_dataset_columns(tokenizer: Any) -> None:
+    dataset = data.build_dataset(tokenizer, "S.", [Turn(user="a", assistant="b"), Turn(user="c", assistant="d")], 64)
+    assert dataset.column_names == ["input_ids", "labels"]
+    assert len(dataset) == 2
+
+
+def test_render_prompt_matches_training_prefix(tokenizer: Any) -> None:
+    prompt = data.render_prompt(tokenizer, "You are Bob.", "Hello")
+    assert prompt == "<|im_start|>system\nYou are Bob.<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_hashes_are_stable(tokenizer: Any) -> None:
+    turns = [Turn(user="a", assistant="b")]
+    assert data.dataset_sha256("S", turns) == data.dataset_sha256("S", [{"user": "a", "assistant": "b"}])
+    assert data.dataset_sha256("S", turns) != data.dataset_sha256("T", turns)
+    assert len(data.chat_template_sha256(tokenizer)) == 64
