@@ -1,9 +1,9 @@
 """`fastbrain`: run the whole service for development, or each part for production.
 
-    fastbrain dev                 API + worker (+ embedded PostgreSQL/Redis when unset), demo skill
-    fastbrain api --host H --port P
-    fastbrain worker
-    fastbrain migrate [--revision R | --downgrade R]
+fastbrain dev                 API + worker (+ embedded PostgreSQL/Redis when unset), demo skill
+fastbrain api --host H --port P
+fastbrain worker
+fastbrain migrate [--revision R | --downgrade R]
 """
 
 from __future__ import annotations

@@ -75,15 +75,17 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_dev(host: str = "127.0.0.1", port: int = 8000, demo: bool = True) -> None:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
 
-    embedded = start_embedded(
-        data_dir, need_postgres=not settings.database_url, need_redis=not settings.redis_url
-    )
+    embedded = start_embedded(data_dir, need_postgres=not settings.database_url, need_redis=not settings.redis_url)
     database_url = settings.database_url or embedded.database_url
     redis_url = settings.redis_url or embedded.redis_url
     assert database_url and redis_url
@@ -107,8 +109,11 @@ def run_dev(host: str = "127.0.0.1", port: int = 8000, demo: bool = True) -> Non
         subprocess.Popen([*cli, "worker"], env=env, cwd=cwd),
         subprocess.Popen([*cli, "api", "--host", host, "--port", str(port)], env=env, cwd=cwd),
     ]
-    # Ctrl-C reaches the whole foreground group; we still stop children ourselves.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C reaches the whole foreground group; we still stop children
+    # ourselves, and treat SIGTERM/SIGHUP (a closed terminal) the same way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
         url = f"http://{host}:{port}"
         if not _wait_http(f"{url}/api/health", 60, processes):

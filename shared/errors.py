@@ -76,8 +76,17 @@ CATALOGUE: dict[ErrorCategory, CategoryInfo] = {
         Severity.RECOVERABLE,
         "Network connection issue. Retrying...",
         ("Check the machine's network connection", "Try again in a few minutes"),
-        frozenset({"ConnectionError", "ConnectionRefusedError", "ConnectionResetError", "ConnectError",
-                   "ReadTimeout", "ConnectTimeout", "gaierror"}),
+        frozenset(
+            {
+                "ConnectionError",
+                "ConnectionRefusedError",
+                "ConnectionResetError",
+                "ConnectError",
+                "ReadTimeout",
+                "ConnectTimeout",
+                "gaierror",
+            }
+        ),
         (r"ConnectionError", r"Connection refused", r"network"),
     ),
     ErrorCategory.GPU_UNAVAILABLE: CategoryInfo(

@@ -91,7 +91,9 @@ async def publish(redis: Redis, events: list[dict[str, Any]] | dict[str, Any]) -
 async def history(session: AsyncSession, job_id: uuid.UUID, after_seq: int = 0) -> list[dict[str, Any]]:
     """A job's stored events with seq > `after_seq`, in order."""
     rows = await session.scalars(
-        select(TrainingLog.data).where(TrainingLog.job_id == job_id, TrainingLog.seq > after_seq).order_by(TrainingLog.seq)
+        select(TrainingLog.data)
+        .where(TrainingLog.job_id == job_id, TrainingLog.seq > after_seq)
+        .order_by(TrainingLog.seq)
     )
     return list(rows)
 

@@ -31,6 +31,17 @@ class Settings(BaseSettings):
     prepare_models: list[str] = Field(
         default_factory=list, description="Base models a worker converts/caches at startup (JSON list)."
     )
+    heartbeat_seconds: float = Field(10.0, gt=0, description="How often a running job's heartbeat is written.")
+    heartbeat_stale_seconds: float = Field(
+        60.0, gt=0, description="A running job whose heartbeat is older is requeued to resume elsewhere."
+    )
+    reaper_interval_seconds: int = Field(15, ge=1, le=60, description="How often workers look for stale jobs.")
+    cancel_poll_seconds: float = Field(0.5, gt=0, description="How often a worker checks for a cancel request.")
+    max_attempts: int = Field(3, ge=1, le=20, description="Attempts per job before WORKER_LOST.")
+    network_max_retries: int = Field(3, ge=0, description="NETWORK_ERROR retries (exponential backoff).")
+    network_backoff_seconds: float = Field(2.0, ge=0, description="First NETWORK_ERROR backoff; doubles each time.")
+    gpu_unavailable_max_requeues: int = Field(3, ge=0, description="GPU_UNAVAILABLE requeues before failing.")
+    gpu_unavailable_delay_seconds: float = Field(300.0, ge=0, description="Delay before a GPU_UNAVAILABLE requeue.")
     log_level: str = Field("INFO", description="structlog level.")
     log_json: bool = Field(False, description="JSON log lines instead of console lines.")
 

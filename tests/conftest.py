@@ -43,9 +43,7 @@ def _service_urls() -> tuple[str, str]:
     if not redis_url and port_open("127.0.0.1", 6379):
         redis_url = "redis://127.0.0.1:6379/0"
     if not database_url or not redis_url:
-        embedded = start_embedded(
-            CACHE / "test-services", need_postgres=not database_url, need_redis=not redis_url
-        )
+        embedded = start_embedded(CACHE / "test-services", need_postgres=not database_url, need_redis=not redis_url)
         database_url = database_url or embedded.database_url
         redis_url = redis_url or embedded.redis_url
     assert database_url and redis_url
@@ -154,22 +152,53 @@ class ServiceProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def wait_http_ready(url: str, process: ServiceProcess, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.process.poll() is not None:
+            pytest.fail(f"API exited early:\n{process.tail()}")
+        try:
+            if httpx.get(f"{url}/api/health", timeout=1).status_code in (200, 503):
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    pytest.fail(f"API did not start:\n{process.tail()}")
+
+
+class Stack:
+    """An API server and any number of workers sharing one private queue.
+
+    Tests that need a special worker environment (fault-injection hooks, short
+    heartbeats) get their own stack, so no other worker takes their jobs.
+    """
+
+    def __init__(self, name: str, settings: Settings, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.settings = settings.model_copy(update={"queue_name": f"{settings.queue_name}:{name}"})
+        self.env = {**service_env(self.settings), **(env or {})}
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.api = ServiceProcess(f"{name}-api", ["api", "--host", "127.0.0.1", "--port", str(port)], self.env)
+        self.workers: list[ServiceProcess] = []
+        wait_http_ready(self.url, self.api)
+
+    def start_worker(self) -> ServiceProcess:
+        worker = ServiceProcess(f"{self.name}-worker{len(self.workers) + 1}", ["worker"], self.env)
+        self.workers.append(worker)
+        return worker
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.api.stop()
+
+
 @pytest.fixture(scope="session")
 def api_url(migrated: Settings) -> Iterator[str]:
     port = free_port()
     server = ServiceProcess("api", ["api", "--host", "127.0.0.1", "--port", str(port)], service_env(migrated))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"API exited early:\n{server.tail()}")
-        try:
-            if httpx.get(f"{url}/api/health", timeout=1).status_code in (200, 503):
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        pytest.fail(f"API did not start:\n{server.tail()}")
+    wait_http_ready(url, server)
     yield url
     server.stop()
 

@@ -87,9 +87,7 @@ def upgrade() -> None:
         "fb_adapters",
         sa.Column("id", pg.UUID(as_uuid=True), primary_key=True, server_default=sa.text("gen_random_uuid()")),
         sa.Column("skill_id", sa.Text(), sa.ForeignKey("fb_skills.id", ondelete="CASCADE"), nullable=False),
-        sa.Column(
-            "training_job_id", pg.UUID(as_uuid=True), sa.ForeignKey("fb_training_jobs.id", ondelete="SET NULL")
-        ),
+        sa.Column("training_job_id", pg.UUID(as_uuid=True), sa.ForeignKey("fb_training_jobs.id", ondelete="SET NULL")),
         sa.Column("version", sa.Integer(), nullable=False, server_default=sa.text("1")),
         sa.Column("is_active", sa.Boolean(), nullable=False, server_default=sa.text("true")),
         sa.Column("final_loss", sa.Float()),

@@ -1,6 +1,6 @@
 """Domain exceptions with a status code, mapped to the one JSON error shape:
 
-    {"error": {"code", "message", "details", "suggestions"}}
+{"error": {"code", "message", "details", "suggestions"}}
 """
 
 from __future__ import annotations

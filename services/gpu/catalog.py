@@ -133,7 +133,6 @@ def require_local(model_id: str) -> ModelInfo:
     if not info.loadable_locally:
         local = ", ".join(local_model_ids())
         raise ModelLoadError(
-            f"Failed to load model {model_id!r} locally: it runs on the Modal GPU backend only. "
-            f"Local models: {local}"
+            f"Failed to load model {model_id!r} locally: it runs on the Modal GPU backend only. Local models: {local}"
         )
     return info

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from services.gpu.catalog import require_local
 from shared.errors import ModelLoadError
 
-from services.gpu.catalog import require_local
-
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
 REPETITION_PENALTY = 1.1
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -70,7 +69,7 @@ def clear_cache() -> None:
 
 def _get(
     models_dir: str | Path, base_model: str, adapter_dir: str | Path | None, device: str | None
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+) -> tuple[Any, Any]:
     """The (cached) model with the adapter applied, and its tokenizer. Call with `_lock` held."""
     global _cache
     from peft import PeftModel
@@ -115,9 +114,7 @@ def _generation_kwargs(tokenizer: PreTrainedTokenizerBase, max_new_tokens: int) 
     }
 
 
-def _encode(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, system_prompt: str, prompt: str
-) -> dict[str, Any]:
+def _encode(model: Any, tokenizer: PreTrainedTokenizerBase, system_prompt: str, prompt: str) -> dict[str, Any]:
     from services.gpu.data import render_prompt
 
     text = render_prompt(tokenizer, system_prompt, prompt)
@@ -143,7 +140,8 @@ def generate(
         with torch.inference_mode():
             output = model.generate(**inputs, **_generation_kwargs(tokenizer, max_new_tokens))
     new_tokens = output[0][inputs["input_ids"].shape[1] :]
-    return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+    answer: str = tokenizer.decode(new_tokens, skip_special_tokens=True)
+    return answer.strip()
 
 
 def iter_generate(
@@ -182,7 +180,7 @@ def iter_generate(
                     )
             except BaseException as exc:
                 failure.append(exc)
-                streamer.end()
+                streamer.end()  # type: ignore[no-untyped-call]
 
         thread = threading.Thread(target=run, name="fastbrain-generate", daemon=True)
         thread.start()

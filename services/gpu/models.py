@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import ModelLoadError
-
 from services.gpu.catalog import SMOLLM2_ID, TINY_RANDOM_ID, require_local
+from shared.errors import ModelLoadError
 
 if TYPE_CHECKING:
     import torch
@@ -94,7 +93,7 @@ def _build_atomically(target: Path, build: Callable[[Path], None]) -> Path:
 
 
 def _fix_smollm2_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    tokenizer.add_special_tokens(SMOLLM2_SPECIAL_TOKENS)
+    tokenizer.add_special_tokens(dict(SMOLLM2_SPECIAL_TOKENS))
     tokenizer.padding_side = "right"
     tokenizer.clean_up_tokenization_spaces = False  # destructive for BPE; transformers warns about it
     return tokenizer
@@ -123,7 +122,7 @@ def _convert_smollm2(tmp: Path, models_dir: Path) -> None:
 
     gguf = smollm2_gguf_path()
     tokenizer = AutoTokenizer.from_pretrained(_smollm2_tokenizer_source(models_dir))
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # from_pretrained(gguf_file=...) dequantizes but leaves GGUF quantizer flags; without clearing them
     # the saved copy would claim to be GGUF-quantized and refuse to load as a plain model.
     if hasattr(model.config, "quantization_config"):
@@ -152,8 +151,8 @@ def _build_tiny_random(tmp: Path, models_dir: Path) -> None:
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(_smollm2_tokenizer_source(models_dir))
-    eos_id = tokenizer.convert_tokens_to_ids(SMOLLM2_SPECIAL_TOKENS["eos_token"])
-    bos_id = tokenizer.convert_tokens_to_ids(SMOLLM2_SPECIAL_TOKENS["bos_token"])
+    eos_id = int(tokenizer.convert_tokens_to_ids(SMOLLM2_SPECIAL_TOKENS["eos_token"]))  # type: ignore[arg-type]
+    bos_id = int(tokenizer.convert_tokens_to_ids(SMOLLM2_SPECIAL_TOKENS["bos_token"]))  # type: ignore[arg-type]
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=64,
@@ -168,8 +167,10 @@ def _build_tiny_random(tmp: Path, models_dir: Path) -> None:
         pad_token_id=eos_id,
     )
     torch.manual_seed(TINY_RANDOM_SEED)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id)
+    model: Any = LlamaForCausalLM(config)  # type: ignore[no-untyped-call]
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
+        bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id
+    )
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
 
@@ -215,7 +216,8 @@ class Precision:
     def torch_dtype(self) -> torch.dtype:
         import torch
 
-        return getattr(torch, self.dtype_name)
+        dtype: torch.dtype = getattr(torch, self.dtype_name)
+        return dtype
 
 
 def resolve_device(device: str | None = None) -> str:
@@ -280,10 +282,11 @@ def load_model(
         dtype = precision_for(device).torch_dtype if device.startswith("cuda") else None
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as exc:
         raise ModelLoadError(f"Failed to load model {model_id!r} from {path}: {exc}") from exc
-    return model.to(device)
+    loaded: PreTrainedModel = model.to(device)
+    return loaded
 
 
 def load_for_training(
@@ -292,7 +295,7 @@ def load_for_training(
     """Model, tokenizer and the precision plan for training on `device` (None/'auto': CUDA if available)."""
     resolved = resolve_device(device)
     precision = precision_for(resolved, gradient_checkpointing)
-    model = load_model(model_id, models_dir, resolved, precision.torch_dtype)
+    model: Any = load_model(model_id, models_dir, resolved, precision.torch_dtype)
     tokenizer = load_tokenizer(model_id, models_dir)
     model.config.use_cache = False
     if precision.gradient_checkpointing:

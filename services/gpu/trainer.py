@@ -12,7 +12,6 @@ writes one JSON payload per line to stdout (`log`, `progress`, `complete`, or a 
 from __future__ import annotations
 
 import json
-import math
 import os
 import queue
 import shutil
@@ -28,10 +27,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from services.gpu import faults
+from services.gpu.catalog import require_local
 from shared.errors import DataFormatError, JobCancelled, describe
 from shared.schemas.training import TrainingSpec
-
-from services.gpu.catalog import require_local
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -40,6 +39,9 @@ LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 DEVICE_ENV = "FASTBRAIN_TRAIN_DEVICE"  # "cpu", "cuda" or "auto" (default)
 
 Payload = dict[str, Any]
+
+# TRL output dirs of trainings in progress, removed by the SIGTERM handler too (it exits without unwinding).
+_STAGING_DIRS: set[Path] = set()
 
 
 def log(message: str, level: str = "info") -> Payload:
@@ -82,11 +84,20 @@ def _make_callback(events: queue.Queue[Payload], stop: threading.Event, history:
         def __init__(self) -> None:
             self.started = 0.0
             self.last_step = 0
+            self.first_step = 0
+            self.tokens_at_start = 0
 
         def on_train_begin(
             self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
         ) -> None:
             self.started = time.perf_counter()
+            # After a resume the counters start where the checkpoint left off.
+            self.first_step = self.last_step = state.global_step
+            self.tokens_at_start = int(state.num_input_tokens_seen or 0)
+            if state.global_step:
+                events.put(
+                    log(f"Resumed at step {state.global_step}/{state.max_steps}: optimizer and schedule restored")
+                )
             effective = args.per_device_train_batch_size * args.gradient_accumulation_steps
             events.put(
                 log(
@@ -98,6 +109,7 @@ def _make_callback(events: queue.Queue[Payload], stop: threading.Event, history:
         def on_step_end(
             self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
         ) -> None:
+            faults.step_delay()
             if stop.is_set():
                 control.should_training_stop = True
 
@@ -114,7 +126,8 @@ def _make_callback(events: queue.Queue[Payload], stop: threading.Event, history:
             self.last_step = step = state.global_step
             elapsed = max(time.perf_counter() - self.started, 1e-9)
             total = max(state.max_steps, 1)
-            tokens = int(state.num_input_tokens_seen or 0)
+            tokens = int(state.num_input_tokens_seen or 0) - self.tokens_at_start
+            done_here = max(step - self.first_step, 1)
             payload: Payload = {
                 "type": "progress",
                 "step": step,
@@ -125,7 +138,7 @@ def _make_callback(events: queue.Queue[Payload], stop: threading.Event, history:
                 "learning_rate": float(logs["learning_rate"]) if "learning_rate" in logs else None,
                 "grad_norm": float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None,
                 "tokens_per_second": round(tokens / elapsed, 2),
-                "eta_seconds": round(elapsed / step * max(total - step, 0), 1),
+                "eta_seconds": round(elapsed / done_here * max(total - step, 0), 1),
                 "progress": round(min(100.0, 100.0 * step / total), 2),
                 "gpu_memory_used_gb": _gpu_memory_gb(),
                 "tokens_seen": tokens,
@@ -146,7 +159,7 @@ def _sft_trainer_class() -> type:
     entropy/token-accuracy metrics).
     """
     from transformers import Trainer
-    from trl import SFTTrainer
+    from trl import SFTTrainer  # type: ignore[attr-defined]
     from trl.trainer import utils as trl_utils
 
     fused_kernel = getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None
@@ -159,13 +172,26 @@ def _sft_trainer_class() -> type:
             return_outputs: bool = False,
             num_items_in_batch: Any = None,
         ) -> Any:
+            faults.check_memory_budget(inputs["input_ids"])
             device_type = inputs["input_ids"].device.type
             if fused_kernel and device_type in ("cuda", "xpu"):
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+                return super().compute_loss(  # type: ignore[no-untyped-call]
+                    model, inputs, return_outputs, num_items_in_batch
+                )
             inputs["use_cache"] = False
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 
     return FastBrainSFTTrainer
+
+
+def _latest_checkpoint(directory: Path) -> Path | None:
+    """The newest complete `checkpoint-<step>` directory (one with trainer state)."""
+    found = [
+        (int(p.name.split("-")[-1]), p)
+        for p in directory.glob("checkpoint-*")
+        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()
+    ]
+    return max(found)[1] if found else None
 
 
 def _resolve_device(device: str | None) -> str:
@@ -187,17 +213,18 @@ def train(spec: TrainingSpec, device: str | None = None) -> Iterator[Payload]:
 
     import transformers
     from peft import LoraConfig, get_peft_model
-    from trl import SFTConfig
+    from trl import SFTConfig  # type: ignore[attr-defined]
 
     from services.gpu import data as data_mod
     from services.gpu.models import ensure_model, load_for_training, load_tokenizer
 
-    transformers.logging.set_verbosity_warning()
-    transformers.utils.logging.disable_progress_bar()
+    transformers.logging.set_verbosity_warning()  # type: ignore[no-untyped-call]
+    transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     hp = spec.hyperparameters
     transformers.set_seed(hp.seed)
     resolved_device = _resolve_device(device)
 
+    faults.maybe_fail_network(spec.retry)
     models_dir = Path(spec.models_dir)
     if not (models_dir / spec.base_model).is_dir():
         yield log(f"Preparing base model {info.display_name} (first use: converting, about a minute)...")
@@ -215,6 +242,7 @@ def train(spec: TrainingSpec, device: str | None = None) -> Iterator[Payload]:
         + (f"; {dropped} dropped: truncated before their answer" if dropped else "")
     )
 
+    model: Any
     model, tokenizer, precision = load_for_training(
         spec.base_model, models_dir, resolved_device, hp.gradient_checkpointing
     )
@@ -235,71 +263,86 @@ def train(spec: TrainingSpec, device: str | None = None) -> Iterator[Payload]:
         f"{100 * trainable / max(total_params, 1):.2f}% of {_count(total_params)})"
     )
 
-    staging = Path(tempfile.mkdtemp(prefix=f"fastbrain-trainer-{spec.job_id}-"))
-    config = SFTConfig(
-        output_dir=str(staging),
-        per_device_train_batch_size=hp.batch_size,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps,
-        learning_rate=hp.learning_rate,
-        num_train_epochs=hp.epochs,
-        max_steps=hp.max_steps if hp.max_steps is not None else -1,
-        warmup_steps=hp.warmup_ratio,  # a float < 1 is a ratio of the total steps
-        lr_scheduler_type=hp.lr_scheduler,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=hp.seed,
-        data_seed=hp.seed,
-        bf16=precision.bf16,
-        fp16=precision.fp16,
-        use_cpu=not precision.device.startswith("cuda"),
-        gradient_checkpointing=precision.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if precision.gradient_checkpointing else None,
-        max_length=hp.max_seq_length,
-        packing=False,
-        dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized with assistant-only labels
-        remove_unused_columns=False,
-        include_num_input_tokens_seen="non_padding",
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-        optim="adamw_torch",
-    )
-    events: queue.Queue[Payload] = queue.Queue()
-    stop = threading.Event()
-    history: list[Payload] = []
-    trainer = _sft_trainer_class()(
-        model=model,
-        args=config,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=[_make_callback(events, stop, history)],
-    )
-
-    failure: list[BaseException] = []
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            trainer.train()
-        except BaseException as exc:  # handed to the generator's thread
-            failure.append(exc)
-        finally:
-            done.set()
-
-    started = time.perf_counter()
-    thread = threading.Thread(target=run, name=f"trainer-{spec.job_id}", daemon=True)
-    thread.start()
+    # Checkpoints (model, optimizer, scheduler, RNG and step) go to the adapter
+    # store so another worker can resume; without a checkpoint dir nothing is kept.
+    if spec.checkpoint_dir:
+        staging = Path(spec.checkpoint_dir)
+        staging.mkdir(parents=True, exist_ok=True)
+    else:
+        staging = Path(tempfile.mkdtemp(prefix=f"fastbrain-trainer-{spec.job_id}-"))
+        _STAGING_DIRS.add(staging)
+    resume_from = _latest_checkpoint(staging) if spec.checkpoint_dir else None
     try:
-        while not (done.is_set() and events.empty()):
+        config = SFTConfig(
+            output_dir=str(staging),
+            per_device_train_batch_size=hp.batch_size,
+            gradient_accumulation_steps=hp.gradient_accumulation_steps,
+            learning_rate=hp.learning_rate,
+            num_train_epochs=hp.epochs,
+            max_steps=hp.max_steps if hp.max_steps is not None else -1,
+            warmup_steps=hp.warmup_ratio,  # a float < 1 is a ratio of the total steps
+            lr_scheduler_type=hp.lr_scheduler,
+            logging_steps=1,
+            save_strategy="steps" if spec.checkpoint_dir else "no",
+            # A float below 1 is a share of the run: about 10% by default.
+            save_steps=spec.checkpoint_every_steps or 0.1,
+            save_total_limit=2,
+            report_to="none",
+            seed=hp.seed,
+            data_seed=hp.seed,
+            bf16=precision.bf16,
+            fp16=precision.fp16,
+            use_cpu=not precision.device.startswith("cuda"),
+            gradient_checkpointing=precision.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False} if precision.gradient_checkpointing else None,
+            max_length=hp.max_seq_length,
+            packing=False,
+            dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized with assistant-only labels
+            remove_unused_columns=False,
+            include_num_input_tokens_seen="non_padding",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            optim="adamw_torch",
+        )
+        events: queue.Queue[Payload] = queue.Queue()
+        stop = threading.Event()
+        history: list[Payload] = []
+        trainer = _sft_trainer_class()(
+            model=model,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            callbacks=[_make_callback(events, stop, history)],
+        )
+
+        failure: list[BaseException] = []
+        done = threading.Event()
+
+        def run() -> None:
             try:
-                yield events.get(timeout=0.2)
-            except queue.Empty:
-                continue
+                trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+            except BaseException as exc:  # handed to the generator's thread
+                failure.append(exc)
+            finally:
+                done.set()
+
+        started = time.perf_counter()
+        thread = threading.Thread(target=run, name=f"trainer-{spec.job_id}", daemon=True)
+        thread.start()
+        try:
+            while not (done.is_set() and events.empty()):
+                try:
+                    yield events.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+        finally:
+            if not done.is_set():
+                stop.set()
+                thread.join()
     finally:
-        if not done.is_set():
-            stop.set()
-            thread.join()
-        shutil.rmtree(staging, ignore_errors=True)
+        if not spec.checkpoint_dir:
+            shutil.rmtree(staging, ignore_errors=True)  # TRL's output_dir: nothing is saved there
+            _STAGING_DIRS.discard(staging)
     if failure:
         raise failure[0]
     training_time = time.perf_counter() - started
@@ -311,7 +354,7 @@ def train(spec: TrainingSpec, device: str | None = None) -> Iterator[Payload]:
     # The catalog id, not this machine's cache path: the adapter must load on either backend.
     for peft_config in trainer.model.peft_config.values():
         peft_config.base_model_name_or_path = spec.base_model
-    trainer.model.save_pretrained(output_dir)
+    trainer.model.save_pretrained(output_dir, save_embedding_layers=False)
     (output_dir / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub, not ours
 
     losses = [p["loss"] for p in history if p.get("loss") is not None]
@@ -363,17 +406,58 @@ def train(spec: TrainingSpec, device: str | None = None) -> Iterator[Payload]:
 
 
 class _EventWriter:
-    """One JSON line per payload on a private dup of the original stdout."""
+    """One JSON line per payload on a private dup of the original stdout. Main thread only.
+
+    `cancel` may be called from a signal handler, which can interrupt `write` half-way: then
+    the line in progress is finished first, so stdout never holds a torn line.
+    """
 
     def __init__(self, fd: int) -> None:
         self._stream = os.fdopen(fd, "w", encoding="utf-8", buffering=1)
-        self._lock = threading.Lock()
+        self._busy = False
+        self._pending: tuple[Payload, int] | None = None
 
     def write(self, payload: Payload) -> None:
-        line = json.dumps(payload, default=str, ensure_ascii=False)
-        with self._lock:
-            self._stream.write(line + "\n")
+        line = json.dumps(payload, default=str, ensure_ascii=False) + "\n"
+        self._busy = True
+        try:
+            self._stream.write(line)
             self._stream.flush()
+        finally:
+            self._busy = False
+        if self._pending is not None:
+            self._exit()
+
+    def cancel(self, payload: Payload, exit_code: int) -> None:
+        """Write `payload` as the last line and exit the process at once (no cleanup, no waiting for a step)."""
+        self._pending = (payload, exit_code)
+        if not self._busy:
+            self._exit()
+
+    def _exit(self) -> None:
+        assert self._pending is not None
+        payload, exit_code = self._pending
+        try:
+            self._stream.write(json.dumps(payload, default=str, ensure_ascii=False) + "\n")
+            self._stream.flush()
+        finally:
+            os._exit(exit_code)
+
+
+def _watch_parent(interval: float = 0.5) -> None:
+    """End this trainer when the worker that started it dies (even by SIGKILL).
+
+    The trainer runs in its own session so cancel can kill its whole group; the
+    flip side is that the worker's death does not reach it, so it watches.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -386,10 +470,12 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = sys.stderr
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        writer.write({"type": "error", **describe(JobCancelled("Training was cancelled (SIGTERM)"))})
-        os._exit(128 + signum)
+        for staging in list(_STAGING_DIRS):
+            shutil.rmtree(staging, ignore_errors=True)
+        writer.cancel({"type": "error", **describe(JobCancelled("Training was cancelled (SIGTERM)"))}, 128 + signum)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    _watch_parent()
     try:
         if len(args) != 1:
             raise DataFormatError("invalid format: usage: python -m services.gpu.trainer SPEC.json")

@@ -10,11 +10,14 @@ from typing import Any, cast
 
 import structlog
 from arq.connections import RedisSettings
+from arq.cron import cron
 from arq.worker import Worker, func
 
 from services.worker.backends import create_backend
 from services.worker.context import WorkerContext
-from services.worker.tasks import generate, run_training
+from services.worker.reaper import reap_stale_jobs
+from services.worker.tasks import generate
+from services.worker.training import run_training
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.settings import Settings
 
@@ -60,8 +63,23 @@ def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -
 
     options: dict[str, Any] = {
         "functions": [
-            func(run_training, name="run_training", timeout=settings.job_timeout_seconds + ARQ_TIMEOUT_MARGIN_SECONDS),
-            func(generate, name="generate", timeout=settings.generation_timeout_seconds),
+            # arq types task contexts as plain dicts; ours are a TypedDict of the same dict.
+            func(
+                cast(Any, run_training),
+                name="run_training",
+                timeout=settings.job_timeout_seconds + ARQ_TIMEOUT_MARGIN_SECONDS,
+            ),
+            func(cast(Any, generate), name="generate", timeout=settings.generation_timeout_seconds),
+        ],
+        "cron_jobs": [
+            cron(
+                cast(Any, reap_stale_jobs),
+                name="reap_stale_jobs",
+                second=set(range(0, 60, settings.reaper_interval_seconds)),
+                run_at_startup=True,
+                unique=True,
+                timeout=60,
+            )
         ],
         "redis_settings": RedisSettings.from_dsn(redis_url),
         "queue_name": settings.queue_name,

@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 from services.worker.context import WorkerContext
-from services.worker.training import run_training
 
 
 async def generate(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, Any]:
@@ -14,6 +13,3 @@ async def generate(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, Any
     started = time.perf_counter()
     response = await ctx["backend"].generate(request)
     return {"response": response, "generation_time_ms": round((time.perf_counter() - started) * 1000)}
-
-
-FUNCTIONS = [run_training, generate]

@@ -1,20 +1,21 @@
-"""One training attempt, from claim to adapter row.
+"""One training attempt, from claim to adapter row, with recovery and cancel.
 
 PostgreSQL is the source of truth: a job is claimed with a conditional UPDATE
 (queued → running, with this worker's lease), each event is persisted before
 it is published, and the adapter row, the version directory and the job's
-completion are committed together.
+completion are committed together. While the trainer runs, a watcher writes
+the heartbeat, and stops the trainer when a cancel is requested or the lease
+is lost (the reaper gave the job to another worker).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from sqlalchemy import func, select, update
@@ -22,14 +23,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.worker import store
 from services.worker.context import WorkerContext
+from services.worker.recovery import RecoveryLimits, decide
 from shared.db.models import Adapter, JobStatus, Skill, TrainingJob
 from shared.errors import CATALOGUE, ErrorCategory
 from shared.events import publish, record_event
 from shared.schemas.training import Hyperparameters, TrainingSpec, Turn
+from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-HEARTBEAT_SECONDS = 10.0
+RUN_TRAINING = "run_training"
+StopReason = Literal["cancelled", "lease_lost"]
 
 
 class Recorder:
@@ -46,6 +50,15 @@ class Recorder:
                 await session.execute(update(TrainingJob).where(TrainingJob.id == self.job_id).values(**job_updates))
         await publish(self.ctx["redis"], event)
         return event
+
+
+def limits(settings: Settings) -> RecoveryLimits:
+    return RecoveryLimits(
+        network_max_retries=settings.network_max_retries,
+        network_backoff_seconds=settings.network_backoff_seconds,
+        gpu_unavailable_max_requeues=settings.gpu_unavailable_max_requeues,
+        gpu_unavailable_delay_seconds=settings.gpu_unavailable_delay_seconds,
+    )
 
 
 async def claim(
@@ -67,29 +80,29 @@ async def claim(
         return job
 
 
-def build_spec(job: TrainingJob, adapters_dir: Path, models_dir: Path) -> TrainingSpec:
+def checkpoint_dir(settings: Settings, job: TrainingJob) -> Path:
+    return settings.adapters_dir / job.skill_id / ".checkpoints" / str(job.id)
+
+
+def build_spec(job: TrainingJob, settings: Settings) -> TrainingSpec:
+    hyperparameters = job.config.get("effective_hyperparameters") or job.config["hyperparameters"]
     return TrainingSpec(
         job_id=str(job.id),
         skill_id=job.skill_id,
         base_model=job.config["base_model"],
         system_prompt=job.dataset["system_prompt"],
         conversations=[Turn.model_validate(c) for c in job.dataset["conversations"]],
-        hyperparameters=Hyperparameters.model_validate(job.config["hyperparameters"]),
-        output_dir=str(store.staging_dir(adapters_dir, job.skill_id, str(job.id), job.attempt)),
-        models_dir=str(models_dir),
+        hyperparameters=Hyperparameters.model_validate(hyperparameters),
+        output_dir=str(store.staging_dir(settings.adapters_dir, job.skill_id, str(job.id), job.attempt)),
+        models_dir=str(settings.models_dir),
         attempt=job.attempt,
+        checkpoint_dir=str(checkpoint_dir(settings, job)),
     )
 
 
-async def _heartbeat(sessionmaker: async_sessionmaker[AsyncSession], job_id: uuid.UUID, worker_id: str) -> None:
-    while True:
-        await asyncio.sleep(HEARTBEAT_SECONDS)
-        async with sessionmaker() as session, session.begin():
-            await session.execute(
-                update(TrainingJob)
-                .where(TrainingJob.id == job_id, TrainingJob.lease_owner == worker_id)
-                .values(heartbeat_at=func.now())
-            )
+def _latest_checkpoint_step(directory: Path) -> int | None:
+    steps = [int(p.name.split("-")[-1]) for p in directory.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return max(steps) if steps else None
 
 
 def _progress_updates(payload: dict[str, Any]) -> dict[str, Any]:
@@ -101,13 +114,40 @@ def _progress_updates(payload: dict[str, Any]) -> dict[str, Any]:
         "current_epoch": payload.get("epoch", 0.0),
         "current_loss": payload.get("loss"),
         "eta_seconds": eta,
-        "heartbeat_at": func.now(),
     }
     if isinstance(eta, int | float):
         updates["estimated_completion"] = datetime.now(UTC) + timedelta(seconds=float(eta))
     if payload.get("step") == 1 and payload.get("loss") is not None:
         updates["initial_loss"] = payload["loss"]
     return updates
+
+
+async def _watch(ctx: WorkerContext, job_id: uuid.UUID) -> StopReason:
+    """Heartbeat the lease; return when the job must stop (cancel or lease lost)."""
+    settings = ctx["settings"]
+    last_beat = 0.0
+    while True:
+        now = time.monotonic()
+        async with ctx["sessionmaker"]() as session, session.begin():
+            row = (
+                await session.execute(
+                    select(TrainingJob.lease_owner, TrainingJob.status, TrainingJob.cancel_requested_at).where(
+                        TrainingJob.id == job_id
+                    )
+                )
+            ).one_or_none()
+            if row is None or row.lease_owner != ctx["worker_id"] or row.status != JobStatus.RUNNING.value:
+                return "lease_lost"
+            if row.cancel_requested_at is not None:
+                return "cancelled"
+            if now - last_beat >= settings.heartbeat_seconds:
+                await session.execute(
+                    update(TrainingJob)
+                    .where(TrainingJob.id == job_id, TrainingJob.lease_owner == ctx["worker_id"])
+                    .values(heartbeat_at=func.now())
+                )
+                last_beat = now
+        await asyncio.sleep(min(settings.cancel_poll_seconds, settings.heartbeat_seconds))
 
 
 async def run_training(ctx: WorkerContext, job_id_text: str) -> str:
@@ -121,55 +161,107 @@ async def run_training(ctx: WorkerContext, job_id_text: str) -> str:
             log.info("job_not_claimable")
             return "skipped"
         recorder = Recorder(ctx, job_id)
-        await recorder.emit(
-            {"type": "status", "status": JobStatus.RUNNING.value, "message": f"Training started (attempt {job.attempt})"}
-        )
-        spec = build_spec(job, settings.adapters_dir, settings.models_dir)
-        heartbeat = asyncio.create_task(_heartbeat(ctx["sessionmaker"], job_id, ctx["worker_id"]))
+        spec = build_spec(job, settings)
+        resume_step = _latest_checkpoint_step(Path(spec.checkpoint_dir or ""))
+        message = f"Training started (attempt {job.attempt})"
+        if resume_step:
+            message = f"Resuming from checkpoint at step {resume_step} (attempt {job.attempt})"
+        await recorder.emit({"type": "status", "status": JobStatus.RUNNING.value, "message": message})
+
+        drive = asyncio.create_task(_drive_with_recovery(ctx, recorder, job, spec))
+        watcher = asyncio.create_task(_watch(ctx, job_id))
         try:
-            async with asyncio.timeout(settings.job_timeout_seconds):
-                return await _drive(ctx, recorder, job, spec)
-        except TimeoutError:
-            await _fail(recorder, spec, _timeout_payload(settings.job_timeout_seconds))
-            return "failed"
+            done, _ = await asyncio.wait(
+                {drive, watcher}, timeout=settings.job_timeout_seconds, return_when=asyncio.FIRST_COMPLETED
+            )
         except asyncio.CancelledError:
             # Worker shutdown: hand the job back so it runs again (arq retries
-            # cancelled jobs); nothing half-written survives.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(_requeue_after_shutdown(recorder, spec, ctx["worker_id"]))
+            # cancelled jobs); checkpoints stay for the resume.
+            drive.cancel()
+            watcher.cancel()
+            await asyncio.gather(drive, watcher, return_exceptions=True)
+            await asyncio.shield(_requeue(recorder, job, "Worker stopped; the job will resume", ctx["worker_id"]))
             raise
-        finally:
-            heartbeat.cancel()
+        if drive in done:
+            watcher.cancel()
+            return drive.result()
+        drive.cancel()
+        await asyncio.gather(drive, return_exceptions=True)  # kills the trainer process
+        if watcher not in done:
+            watcher.cancel()
+            await _fail(recorder, job, spec, _timeout_payload(settings.job_timeout_seconds), [])
+            return "failed"
+        reason = watcher.result()
+        if reason == "cancelled":
+            await finish_cancelled(recorder, job, settings)
+            return "cancelled"
+        log.warning("lease_lost")  # another worker owns the job now; write nothing more
+        return "lease_lost"
     finally:
         structlog.contextvars.unbind_contextvars("job_id")
 
 
-async def _drive(ctx: WorkerContext, recorder: Recorder, job: TrainingJob, spec: TrainingSpec) -> str:
+async def _drive_with_recovery(ctx: WorkerContext, recorder: Recorder, job: TrainingJob, spec: TrainingSpec) -> str:
+    """Run the trainer; on a recoverable failure adjust, record and run again."""
+    history: list[dict[str, Any]] = list(job.recovery_attempts or [])
+    while True:
+        outcome = await _drive(ctx, recorder, job, spec)
+        if outcome is None:
+            return "completed"
+        category = ErrorCategory(outcome.get("category", "INTERNAL"))
+        decision = decide(category, spec.hyperparameters, history, limits(ctx["settings"]))
+        attempt = {
+            "category": category.value,
+            "error": outcome.get("message"),
+            "action": decision.details.get("action"),
+            "message": decision.message,
+            "succeeded": decision.action != "fail",
+            "at": datetime.now(UTC).isoformat(),
+            "batch_size": spec.hyperparameters.batch_size,
+            "gradient_accumulation_steps": spec.hyperparameters.gradient_accumulation_steps,
+        }
+        history.append(attempt)
+        if decision.action == "fail":
+            await _fail(recorder, job, spec, outcome, history)
+            return "failed"
+        new_hp = decision.hyperparameters or spec.hyperparameters
+        await recorder.emit(
+            {**outcome, "type": "error", "final": False, "recovery": decision.message, "attempts": history},
+            recovery_attempts=history,
+            config={**job.config, "effective_hyperparameters": new_hp.model_dump()},
+        )
+        if decision.warning:
+            await recorder.emit({"type": "log", "level": "warning", "message": decision.warning})
+        if decision.action == "requeue":
+            await _requeue(recorder, job, decision.message, ctx["worker_id"], defer=decision.delay_seconds)
+            return "requeued"
+        if not decision.keep_checkpoints and spec.checkpoint_dir:
+            store.remove(Path(spec.checkpoint_dir))
+        store.remove(Path(spec.output_dir))
+        await recorder.emit({"type": "log", "level": "info", "message": f"Recovering: {decision.message}"})
+        await asyncio.sleep(decision.delay_seconds)
+        spec = spec.model_copy(update={"hyperparameters": new_hp, "retry": spec.retry + 1})
+
+
+async def _drive(ctx: WorkerContext, recorder: Recorder, job: TrainingJob, spec: TrainingSpec) -> dict[str, Any] | None:
+    """One trainer run. None on success, else the trainer's error payload."""
     started = time.monotonic()
-    backend = ctx["backend"]
-    async for payload in backend.train(spec):
+    async for payload in ctx["backend"].train(spec):
         kind = payload.get("type")
         if kind == "progress":
             await recorder.emit(payload, **_progress_updates(payload))
         elif kind == "complete":
-            await _complete(ctx, recorder, job, spec, payload, time.monotonic() - started)
-            return "completed"
+            await _complete(ctx, job, spec, payload, time.monotonic() - started)
+            return None
         elif kind == "error":
-            await _fail(recorder, spec, payload)
-            return "failed"
+            return payload
         else:
             await recorder.emit(payload)
-    await _fail(recorder, spec, {"type": "error", "category": "INTERNAL", "message": "Trainer ended without a result"})
-    return "failed"
+    return {"type": "error", "category": "INTERNAL", "message": "Trainer ended without a result"}
 
 
 async def _complete(
-    ctx: WorkerContext,
-    recorder: Recorder,
-    job: TrainingJob,
-    spec: TrainingSpec,
-    payload: dict[str, Any],
-    wall_seconds: float,
+    ctx: WorkerContext, job: TrainingJob, spec: TrainingSpec, payload: dict[str, Any], wall_seconds: float
 ) -> None:
     settings = ctx["settings"]
     training_seconds = float(payload.get("training_time_seconds") or wall_seconds)
@@ -235,50 +327,84 @@ async def _complete(
             store.promote(target, staging)
             raise
     await publish(ctx["redis"], event)
+    if spec.checkpoint_dir:
+        store.remove(Path(spec.checkpoint_dir))
     log.info("training_completed", version=version, final_loss=payload.get("final_loss"))
 
 
 def _timeout_payload(limit: int) -> dict[str, Any]:
-    info = CATALOGUE[ErrorCategory.TIMEOUT]
     return {
         "type": "error",
         "category": ErrorCategory.TIMEOUT.value,
         "message": f"Training exceeded the {limit} s limit (FASTBRAIN_JOB_TIMEOUT_SECONDS)",
-        "severity": info.severity.value,
-        "user_message": info.user_message,
-        "suggestions": list(info.suggestions),
     }
 
 
-async def _fail(recorder: Recorder, spec: TrainingSpec, payload: dict[str, Any]) -> None:
-    store.remove(Path(spec.output_dir))
+def error_details(payload: dict[str, Any], attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stored and streamed shape of a final failure: what happened, what we tried, what to do."""
     category = str(payload.get("category") or ErrorCategory.INTERNAL.value)
-    info = CATALOGUE.get(ErrorCategory(category)) if category in ErrorCategory.__members__ else None
-    details = {
+    info = CATALOGUE[ErrorCategory(category)] if category in ErrorCategory.__members__ else None
+    return {
         "category": category,
         "severity": payload.get("severity") or (info.severity.value if info else None),
         "message": payload.get("message"),
         "user_message": payload.get("user_message") or (info.user_message if info else None),
         "suggestions": payload.get("suggestions") or (list(info.suggestions) if info else []),
-        "attempts": [],
+        "attempts": attempts,
         "exception_type": payload.get("exception_type"),
         "traceback_tail": payload.get("traceback_tail"),
     }
+
+
+async def _fail(
+    recorder: Recorder, job: TrainingJob, spec: TrainingSpec, payload: dict[str, Any], attempts: list[dict[str, Any]]
+) -> None:
+    store.remove(Path(spec.output_dir))
+    if spec.checkpoint_dir:
+        store.remove(Path(spec.checkpoint_dir))
+    details = error_details(payload, attempts)
     await recorder.emit(
         {**payload, **details, "type": "error", "final": True},
         status=JobStatus.FAILED.value,
         completed_at=func.now(),
         error_message=f"{details['user_message']} ({details['message']})",
         error_details=details,
+        recovery_attempts=attempts,
         lease_owner=None,
     )
-    log.warning("training_failed", category=category, message=payload.get("message"))
+    log.warning("training_failed", category=details["category"], message=payload.get("message"))
 
 
-async def _requeue_after_shutdown(recorder: Recorder, spec: TrainingSpec, worker_id: str) -> None:
-    store.remove(Path(spec.output_dir))
-    async with recorder.ctx["sessionmaker"]() as session, session.begin():
-        requeued = await session.scalar(
+async def finish_cancelled(recorder: Recorder, job: TrainingJob, settings: Settings) -> None:
+    """Cancelled: no adapter, no partial files, a terminal `status` event."""
+    store.remove(store.staging_dir(settings.adapters_dir, job.skill_id, str(job.id), job.attempt))
+    store.remove(checkpoint_dir(settings, job))
+    info = CATALOGUE[ErrorCategory.CANCELLED]
+    await recorder.emit(
+        {"type": "status", "status": JobStatus.CANCELLED.value, "message": "Training cancelled"},
+        status=JobStatus.CANCELLED.value,
+        completed_at=func.now(),
+        error_message=info.user_message,
+        error_details={
+            "category": ErrorCategory.CANCELLED.value,
+            "severity": info.severity.value,
+            "message": "Cancelled by request",
+            "user_message": info.user_message,
+            "suggestions": list(info.suggestions),
+            "attempts": [],
+        },
+        lease_owner=None,
+        eta_seconds=None,
+    )
+    log.info("training_cancelled")
+
+
+async def _requeue(recorder: Recorder, job: TrainingJob, message: str, worker_id: str, *, defer: float = 0.0) -> None:
+    """running → queued with attempt + 1 and a fresh arq job id; checkpoints stay."""
+    ctx = recorder.ctx
+    store.remove(Path(build_spec(job, ctx["settings"]).output_dir))
+    async with ctx["sessionmaker"]() as session, session.begin():
+        attempt = await session.scalar(
             update(TrainingJob)
             .where(
                 TrainingJob.id == recorder.job_id,
@@ -286,13 +412,20 @@ async def _requeue_after_shutdown(recorder: Recorder, spec: TrainingSpec, worker
                 TrainingJob.lease_owner == worker_id,
             )
             .values(status=JobStatus.QUEUED.value, lease_owner=None, attempt=TrainingJob.attempt + 1)
-            .returning(TrainingJob.id)
+            .returning(TrainingJob.attempt)
         )
-        if requeued is None:
+        if attempt is None:
             return
+        arq_job_id = f"train:{job.id}:{attempt}"
+        await session.execute(update(TrainingJob).where(TrainingJob.id == job.id).values(arq_job_id=arq_job_id))
         event = await record_event(
-            session,
-            recorder.job_id,
-            {"type": "status", "status": JobStatus.QUEUED.value, "message": "Worker stopped; the job will run again"},
+            session, recorder.job_id, {"type": "status", "status": JobStatus.QUEUED.value, "message": message}
         )
-    await publish(recorder.ctx["redis"], event)
+    await ctx["redis"].enqueue_job(
+        RUN_TRAINING,
+        str(job.id),
+        _job_id=arq_job_id,
+        _queue_name=ctx["settings"].queue_name,
+        _defer_by=defer or None,
+    )
+    await publish(ctx["redis"], event)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -28,7 +28,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSONB, list[Any]: JSONB}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSONB, list[Any]: JSONB}
 
 
 class JobStatus(StrEnum):
@@ -75,9 +75,12 @@ class TrainingJob(Base):
             unique=True,
             postgresql_where=text("status IN ('pending', 'queued', 'running')"),
         ),
+        Index("idx_training_jobs_running_heartbeat", "heartbeat_at", postgresql_where=text("status = 'running'")),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()"))
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
     skill_id: Mapped[str] = mapped_column(Text, ForeignKey("fb_skills.id", ondelete="CASCADE"), nullable=False)
     status: Mapped[str] = mapped_column(Text, nullable=False, server_default=JobStatus.PENDING.value)
     config: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
@@ -112,6 +115,8 @@ class TrainingJob(Base):
     lease_owner: Mapped[str | None] = mapped_column(Text)
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     arq_job_id: Mapped[str | None] = mapped_column(Text)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    recovery_attempts: Mapped[list[Any]] = mapped_column(JSONB, nullable=False, server_default=text("'[]'::jsonb"))
     backend: Mapped[str] = mapped_column(Text, nullable=False, server_default="local")
 
     created_at: Mapped[datetime] = _now()
@@ -127,7 +132,9 @@ class Adapter(Base):
         Index("uq_adapters_one_active", "skill_id", unique=True, postgresql_where=text("is_active")),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()"))
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
     skill_id: Mapped[str] = mapped_column(Text, ForeignKey("fb_skills.id", ondelete="CASCADE"), nullable=False)
     training_job_id: Mapped[uuid.UUID | None] = mapped_column(
         UUID(as_uuid=True), ForeignKey("fb_training_jobs.id", ondelete="SET NULL")

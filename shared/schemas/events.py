@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+
 class _Payload(BaseModel):
     model_config = ConfigDict(extra="allow")
 

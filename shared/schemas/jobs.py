@@ -67,6 +67,8 @@ class JobStatusOut(BaseModel):
     estimated_time_minutes: float | None
     error_message: str | None
     error_details: dict[str, Any] | None
+    recovery_attempts: list[dict[str, Any]] = Field(description="What auto-recovery tried, in order.")
+    cancel_requested: bool
     config: dict[str, Any]
     attempt: int
     adapter_id: uuid.UUID | None
@@ -116,3 +118,18 @@ class TestAdapterResponse(BaseModel):
     generation_time_ms: int
     adapter_id: uuid.UUID
     adapter_version: int
+
+
+class JobCancelOut(BaseModel):
+    job_id: uuid.UUID
+    status: str = Field(description="`cancelled` (it was queued) or `cancelling` (its worker is stopping it).")
+
+
+class StatsOut(BaseModel):
+    jobs: dict[str, int] = Field(description="Job counts by status.")
+    training_success_rate: float | None = Field(description="completed / (completed + failed)")
+    error_recovery_rate: float | None = Field(description="auto-recovered errors / all errors")
+    errors_total: int
+    errors_auto_recovered: int
+    mean_training_time_seconds: float | None
+    mean_cost_usd: float | None

@@ -112,4 +112,11 @@ class TrainingSpec(BaseModel):
     hyperparameters: Hyperparameters
     output_dir: str = Field(description="Where the trainer writes the adapter (a staging dir).")
     models_dir: str = Field(description="Cache of converted/built base models.")
-    attempt: int = 1
+    attempt: int = Field(1, description="The job's attempt (a new one after a worker is lost).")
+    retry: int = Field(0, description="In-attempt recovery retries so far (OOM, network).")
+    checkpoint_dir: str | None = Field(
+        None, description="Save checkpoints here; resume from the newest one found here."
+    )
+    checkpoint_every_steps: int | None = Field(
+        None, ge=1, description="Checkpoint interval; unset: about 10% of the run."
+    )

@@ -57,9 +57,7 @@ async def test_bad_input_is_rejected_and_changes_nothing(client: httpx.AsyncClie
     error = assert_error_shape(bad_id, 422, "validation_error")
     assert "skill_id" in str(error["message"])
 
-    blank_turn = await client.post(
-        "/api/skills", json={**SKILL, "conversations": [{"user": "  ", "assistant": "hi"}]}
-    )
+    blank_turn = await client.post("/api/skills", json={**SKILL, "conversations": [{"user": "  ", "assistant": "hi"}]})
     assert_error_shape(blank_turn, 422)
     unknown_field = await client.post("/api/skills", json={**SKILL, "color": "red"})
     assert_error_shape(unknown_field, 422)
@@ -70,7 +68,9 @@ async def test_bad_input_is_rejected_and_changes_nothing(client: httpx.AsyncClie
     empty_append = await client.post(f"/api/skills/{SKILL['skill_id']}/examples", json={"conversations": []})
     assert_error_shape(empty_append, 422)
     assert (await client.get(f"/api/skills/{SKILL['skill_id']}")).json()["example_count"] == 3
-    assert_error_shape(await client.post("/api/skills/nope/examples", json={"conversations": demo_conversations(1)}), 404)
+    assert_error_shape(
+        await client.post("/api/skills/nope/examples", json={"conversations": demo_conversations(1)}), 404
+    )
 
 
 async def test_training_request_validation(client: httpx.AsyncClient) -> None:

@@ -44,8 +44,9 @@ class Run:
     wall_seconds: float
 
 
-def make_spec(tmp: Path, base_model: str = "tiny-random", conversations: list[Turn] | None = None,
-              **hyperparameters: Any) -> Path:
+def make_spec(
+    tmp: Path, base_model: str = "tiny-random", conversations: list[Turn] | None = None, **hyperparameters: Any
+) -> Path:
     spec = TrainingSpec(
         job_id="job-test",
         skill_id="skill-test",
@@ -72,10 +73,10 @@ def run_trainer(spec_path: Path, timeout: float = 600) -> Run:
         env={**os.environ, "FASTBRAIN_TRAIN_DEVICE": "cpu"},
     )
     wall = time.perf_counter() - started
-    lines = [line for line in proc.stdout.splitlines()]
+    lines = proc.stdout.splitlines()
     assert all(line.strip() for line in lines), f"blank line on stdout: {proc.stdout!r}"
     payloads = [parse_payload(line) for line in lines]  # every stdout line is a valid payload
-    output_dir = Path(json.loads(spec_path.read_text())["output_dir"])
+    output_dir = Path(json.loads(spec_path.read_text()).get("output_dir", spec_path.parent / "adapter"))
     return Run(proc.returncode, payloads, proc.stderr, output_dir, wall)
 
 
@@ -129,7 +130,13 @@ def test_tiny_random_adapter_files_and_metadata(tiny_run: Run) -> None:
     adapter_config = json.loads((out / "adapter_config.json").read_text())
     assert adapter_config["r"] == 16
     assert set(adapter_config["target_modules"]) == {
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
     }
     meta = json.loads((out / "training_metadata.json").read_text())
     assert meta["base_model"] == "tiny-random"
@@ -168,9 +175,7 @@ def test_tiny_random_adapter_loads_with_peft_and_generates(tiny_run: Run) -> Non
         models_dir(), "tiny-random", tiny_run.output_dir, "You are Bob.", "Hi!", max_new_tokens=8
     )
     assert again == answer  # deterministic decoding, cached model
-    pieces = list(
-        inference.iter_generate(models_dir(), "tiny-random", tiny_run.output_dir, "You are Bob.", "Hi!", 8)
-    )
+    pieces = list(inference.iter_generate(models_dir(), "tiny-random", tiny_run.output_dir, "You are Bob.", "Hi!", 8))
     assert "".join(pieces).strip() == answer
 
 
@@ -179,8 +184,12 @@ def test_smollm2_trains_two_steps_and_chats(tmp_path: Path) -> None:
     from services.gpu import inference
 
     spec = make_spec(
-        tmp_path, base_model="smollm2-135m-instruct", max_steps=2, batch_size=1,
-        gradient_accumulation_steps=1, max_seq_length=64,
+        tmp_path,
+        base_model="smollm2-135m-instruct",
+        max_steps=2,
+        batch_size=1,
+        gradient_accumulation_steps=1,
+        max_seq_length=64,
     )
     run = run_trainer(spec)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -191,12 +200,18 @@ def test_smollm2_trains_two_steps_and_chats(tmp_path: Path) -> None:
     assert (run.output_dir / "adapter_model.safetensors").is_file()
 
     answer = inference.generate(
-        models_dir(), "smollm2-135m-instruct", run.output_dir,
-        "You are Bob, a friendly plumber. Answer briefly.", "How much is a visit?", max_new_tokens=24,
+        models_dir(),
+        "smollm2-135m-instruct",
+        run.output_dir,
+        "You are Bob, a friendly plumber. Answer briefly.",
+        "How much is a visit?",
+        max_new_tokens=24,
     )
     assert isinstance(answer, str) and answer.strip()
-    print(f"\nsmollm2: {progress[-1].elapsed_seconds / 2:.2f}s/step (batch 1, seq<=64); "  # type: ignore[attr-defined]
-          f"job wall {run.wall_seconds:.1f}s; answer={answer!r}")
+    print(
+        f"\nsmollm2: {progress[-1].elapsed_seconds / 2:.2f}s/step (batch 1, seq<=64); "  # type: ignore[attr-defined]
+        f"job wall {run.wall_seconds:.1f}s; answer={answer!r}"
+    )
 
 
 def assert_error(run: Run, category: ErrorCategory) -> ErrorPayload:

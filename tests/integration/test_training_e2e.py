@@ -19,15 +19,25 @@ from shared.settings import Settings
 from tests.conftest import ServiceProcess, demo_conversations, wait_for_status
 
 SKILL_ID = "e2e-skill"
-TINY = {"preset": "quick", "base_model": "tiny-random", "max_steps": 6, "batch_size": 2,
-        "gradient_accumulation_steps": 1, "max_seq_length": 128}
+TINY = {
+    "preset": "quick",
+    "base_model": "tiny-random",
+    "max_steps": 6,
+    "batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "max_seq_length": 128,
+}
 
 
 async def create_skill(http: httpx.AsyncClient, skill_id: str = SKILL_ID, n: int = 12) -> None:
     response = await http.post(
         "/api/skills",
-        json={"skill_id": skill_id, "name": "E2E", "system_prompt": "You are terse.",
-              "conversations": demo_conversations(n)},
+        json={
+            "skill_id": skill_id,
+            "name": "E2E",
+            "system_prompt": "You are terse.",
+            "conversations": demo_conversations(n),
+        },
     )
     assert response.status_code == 201, response.text
 

@@ -54,8 +54,16 @@ def test_model_info_is_frozen_and_serialisable() -> None:
     with pytest.raises(AttributeError):
         info.id = "other"  # type: ignore[misc]
     data = info.to_dict()
-    assert set(data) >= {"id", "display_name", "source", "description", "loadable_locally",
-                         "chat_template_family", "parameters", "notes"}
+    assert set(data) >= {
+        "id",
+        "display_name",
+        "source",
+        "description",
+        "loadable_locally",
+        "chat_template_family",
+        "parameters",
+        "notes",
+    }
 
 
 def test_unknown_model_error_lists_allowed_ids() -> None:

@@ -69,9 +69,7 @@ def test_only_assistant_answers_carry_labels(tokenizer: Any) -> None:
 
 def test_system_and_user_tokens_are_ignored(tokenizer: Any) -> None:
     example = data.tokenize_conversation(tokenizer, "Be brief.", [{"user": "2+2?", "assistant": "4"}], 512)
-    prompt = tokenizer(
-        data.render_prompt(tokenizer, "Be brief.", "2+2?"), add_special_tokens=False
-    )["input_ids"]
+    prompt = tokenizer(data.render_prompt(tokenizer, "Be brief.", "2+2?"), add_special_tokens=False)["input_ids"]
     assert example["input_ids"][: len(prompt)] == prompt
     assert all(label == -100 for label in example["labels"][: len(prompt)])
     assert tokenizer.decode([t for t in example["labels"] if t != -100]) == "4" + END_OF_TURN
@@ -115,7 +113,10 @@ def test_build_dataset_columns(tokenizer: Any) -> None:
 
 def test_render_prompt_matches_training_prefix(tokenizer: Any) -> None:
     prompt = data.render_prompt(tokenizer, "You are Bob.", "Hello")
-    assert prompt == "<|im_start|>system\nYou are Bob.<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        prompt
+        == "<|im_start|>system\nYou are Bob.<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_hashes_are_stable(tokenizer: Any) -> None:

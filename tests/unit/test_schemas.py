@@ -62,8 +62,9 @@ def test_skill_ids_and_turns_are_validated() -> None:
 
 
 def test_payloads_parse_by_type() -> None:
-    progress = parse_payload('{"type": "progress", "step": 1, "total_steps": 2, "epoch": 0.5, '
-                             '"total_epochs": 1, "progress": 50}')
+    progress = parse_payload(
+        '{"type": "progress", "step": 1, "total_steps": 2, "epoch": 0.5, "total_epochs": 1, "progress": 50}'
+    )
     assert progress.type == "progress" and progress.step == 1
     assert parse_payload({"type": "log", "message": "hi"}).type == "log"
     with pytest.raises(ValidationError):

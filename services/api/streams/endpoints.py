@@ -15,9 +15,7 @@ router = APIRouter(prefix="/api", tags=["streams"])
 
 
 @router.websocket("/training-stream/{job_id}")
-async def training_stream(
-    websocket: WebSocket, job_id: uuid.UUID, after_seq: Annotated[int, Query(ge=0)] = 0
-) -> None:
+async def training_stream(websocket: WebSocket, job_id: uuid.UUID, after_seq: Annotated[int, Query(ge=0)] = 0) -> None:
     """Sends `{job_id, seq, ts, type, ...}` messages (`status`, `log`, `progress`,
     `complete`, `error`). Reconnect with `?after_seq=<last seq seen>` to resume.
     The server closes the socket (code 1000) after the job's final event."""

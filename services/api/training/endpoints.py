@@ -11,7 +11,7 @@ from services.api.deps import AfterCommitDep, SessionDep, SettingsDep
 from services.api.training import service
 from shared.db.models import JobStatus
 from shared.events import history
-from shared.schemas.jobs import JobList, JobStatusOut, TrainAccepted
+from shared.schemas.jobs import JobCancelOut, JobList, JobStatusOut, StatsOut, TrainAccepted
 from shared.schemas.training import TrainRequest
 
 router = APIRouter(prefix="/api", tags=["training"])
@@ -63,3 +63,22 @@ async def training_events(
     """The same events the WebSocket sends, for clients that poll instead of stream."""
     await service.get_job(session, job_id)
     return await history(session, job_id, after_seq)
+
+
+@router.post(
+    "/training-jobs/{job_id}/cancel",
+    summary="Cancel a queued or running job",
+    responses={409: {"description": "The job already ended."}},
+)
+async def cancel_job(job_id: uuid.UUID, session: SessionDep, after_commit: AfterCommitDep) -> JobCancelOut:
+    """A queued job is cancelled at once and never starts. A running job's trainer
+    is stopped within seconds; the stream then ends with a `cancelled` status,
+    partial files are removed and no adapter is created."""
+    return await service.cancel(session, after_commit, job_id)
+
+
+@router.get("/stats", summary="Success and recovery figures")
+async def stats(session: SessionDep) -> StatsOut:
+    """Training success rate, error recovery rate (auto-recovered / all errors) and
+    mean training time, as in the spec's success metrics."""
+    return await service.stats(session)

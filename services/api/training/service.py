@@ -16,7 +16,7 @@ from services.api.training.estimate import estimate
 from services.gpu.catalog import get_model, local_model_ids
 from shared.db.models import ACTIVE_JOB_STATUSES, Adapter, JobStatus, Skill, TrainingJob, TrainingLog
 from shared.events import record_event
-from shared.schemas.jobs import JobStatusOut, JobSummary, MetricPoint, TrainAccepted
+from shared.schemas.jobs import JobCancelOut, JobStatusOut, JobSummary, MetricPoint, StatsOut, TrainAccepted
 from shared.schemas.training import TrainingConfigRequest
 from shared.settings import Settings
 
@@ -154,6 +154,8 @@ async def job_status(session: AsyncSession, job_id: uuid.UUID) -> JobStatusOut:
         estimated_time_minutes=job.estimated_time_minutes,
         error_message=job.error_message,
         error_details=job.error_details,
+        recovery_attempts=job.recovery_attempts,
+        cancel_requested=job.cancel_requested_at is not None,
         config=job.config,
         attempt=job.attempt,
         adapter_id=adapter_id,
@@ -200,3 +202,67 @@ async def list_jobs(
     )
     total = await session.scalar(count) or 0
     return [_summary(job, name) for job, name in rows.all()], total
+
+
+async def cancel(session: AsyncSession, after_commit: AfterCommit, job_id: uuid.UUID) -> JobCancelOut:
+    """A queued job is cancelled at once and never starts; a running one is asked
+    to stop (its worker ends the trainer within seconds and reports `cancelled`)."""
+    job = await session.scalar(select(TrainingJob).where(TrainingJob.id == job_id).with_for_update())
+    if job is None:
+        raise NotFound(f"Training job '{job_id}' not found.", details={"job_id": str(job_id)}, code="job_not_found")
+    if job.status in (JobStatus.PENDING.value, JobStatus.QUEUED.value):
+        job.status = JobStatus.CANCELLED.value
+        job.completed_at = func.now()
+        job.error_message = "Training was cancelled."
+        job.error_details = {"category": "CANCELLED", "message": "Cancelled before it started", "attempts": []}
+        await session.flush()
+        event = await record_event(
+            session, job.id, {"type": "status", "status": "cancelled", "message": "Cancelled before it started"}
+        )
+        after_commit.publish(event)
+        return JobCancelOut(job_id=job.id, status=JobStatus.CANCELLED.value)
+    if job.status == JobStatus.RUNNING.value:
+        if job.cancel_requested_at is None:
+            job.cancel_requested_at = func.now()
+            await session.flush()
+            after_commit.publish(
+                await record_event(session, job.id, {"type": "log", "level": "warning", "message": "Cancel requested"})
+            )
+        return JobCancelOut(job_id=job.id, status="cancelling")
+    raise Conflict(
+        f"Training job '{job_id}' already ended ({job.status}).",
+        details={"job_id": str(job_id), "status": job.status},
+        code="job_already_ended",
+    )
+
+
+async def stats(session: AsyncSession) -> StatsOut:
+    """The spec's success metrics, computed from jobs and their error events."""
+    counts = dict((await session.execute(select(TrainingJob.status, func.count()).group_by(TrainingJob.status))).all())
+    completed = counts.get(JobStatus.COMPLETED.value, 0)
+    failed = counts.get(JobStatus.FAILED.value, 0)
+    mean_time, mean_cost = (
+        await session.execute(
+            select(func.avg(TrainingJob.training_time_seconds), func.avg(TrainingJob.cost_usd)).where(
+                TrainingJob.status == JobStatus.COMPLETED.value
+            )
+        )
+    ).one()
+    error_rows = (
+        await session.execute(
+            select(TrainingLog.data["final"].astext, TrainingJob.status)
+            .join(TrainingJob, TrainingJob.id == TrainingLog.job_id)
+            .where(TrainingLog.event_type == "error")
+        )
+    ).all()
+    total_errors = len(error_rows)
+    recovered = sum(1 for final, status in error_rows if final == "false" and status == JobStatus.COMPLETED.value)
+    return StatsOut(
+        jobs={status: int(n) for status, n in counts.items()},
+        training_success_rate=round(completed / (completed + failed), 4) if completed + failed else None,
+        error_recovery_rate=round(recovered / total_errors, 4) if total_errors else None,
+        errors_total=total_errors,
+        errors_auto_recovered=recovered,
+        mean_training_time_seconds=round(float(mean_time), 1) if mean_time is not None else None,
+        mean_cost_usd=round(float(mean_cost), 4) if mean_cost is not None else None,
+    )

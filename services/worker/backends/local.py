@@ -46,8 +46,7 @@ class LocalBackend:
         self.device = _device()
 
     async def train(self, spec: TrainingSpec) -> AsyncIterator[dict[str, Any]]:
-        spec_file = tempfile.NamedTemporaryFile("w", suffix=".json", prefix="fastbrain-spec-", delete=False)
-        with spec_file:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="fastbrain-spec-", delete=False) as spec_file:
             spec_file.write(spec.model_dump_json())
         process = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -1,0 +1,58 @@
+"""Test hooks that make real failures happen on a CPU machine.
+
+They exist so the recovery paths run end to end in tests; none is set in
+production. Each produces the genuine exception the real failure raises:
+
+- FASTBRAIN_TEST_MEMORY_BUDGET_TOKENS=N: a micro-batch with more than N tokens
+  (padded batch x length) raises `torch.cuda.OutOfMemoryError`, as a GPU would.
+- FASTBRAIN_TEST_NETWORK_FAILURES=N: the first N tries of a job (spec.retry < N)
+  open a TCP connection to a closed local port, raising ConnectionRefusedError.
+- FASTBRAIN_TEST_STEP_DELAY_SECONDS=S: sleep S after each optimizer step, so a
+  test can act (cancel, kill a worker) in the middle of a short run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+MEMORY_BUDGET_ENV = "FASTBRAIN_TEST_MEMORY_BUDGET_TOKENS"
+NETWORK_FAILURES_ENV = "FASTBRAIN_TEST_NETWORK_FAILURES"
+STEP_DELAY_ENV = "FASTBRAIN_TEST_STEP_DELAY_SECONDS"
+
+
+def _number(name: str) -> float | None:
+    value = os.environ.get(name)
+    return float(value) if value else None
+
+
+def check_memory_budget(input_ids: Any) -> None:
+    budget = _number(MEMORY_BUDGET_ENV)
+    if budget is None or input_ids.numel() <= budget:
+        return
+    import torch
+
+    batch, length = input_ids.shape
+    raise torch.cuda.OutOfMemoryError(
+        f"CUDA out of memory. Tried to allocate memory for {batch}x{length}={input_ids.numel()} tokens "
+        f"(test memory budget {MEMORY_BUDGET_ENV}={budget:g})"
+    )
+
+
+def maybe_fail_network(retry: int) -> None:
+    failures = _number(NETWORK_FAILURES_ENV)
+    if failures is None or retry >= failures:
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Nothing listens on that port any more: a real "connection refused".
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def step_delay() -> None:
+    delay = _number(STEP_DELAY_ENV)
+    if delay:
+        time.sleep(delay)
