@@ -117,14 +117,16 @@ async def test_training_is_enqueued_only_after_commit_and_burst_worker_skips_end
     # other tests cannot take the job first.
     private = migrated.model_copy(update={"queue_name": f"{migrated.queue_name}:burst"})
     pool = await create_pool(RedisSettings.from_dsn(str(migrated.redis_url)))
-    await pool.enqueue_job("run_training", str(job_id), _queue_name=private.queue_name)
-    await pool.aclose()
+    arq_job = await pool.enqueue_job("run_training", str(job_id), _queue_name=private.queue_name)
+    assert arq_job is not None
     worker = build_worker(private, burst=True, poll_delay=0)
     try:
         await worker.main()
     finally:
         await worker.close()
-    assert worker.jobs_complete == 1 and worker.jobs_failed == 0
+    assert worker.jobs_failed == 0
+    assert await arq_job.result(timeout=5) == "skipped"
+    await pool.aclose()
     async with sessionmaker() as session:
         job = await session.get(TrainingJob, job_id)
         assert job is not None and job.status == "cancelled", "an ended job is never started"

@@ -1,0 +1,32 @@
+"""The deployment files parse and wire every service (no Docker engine here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_compose_names_services_ports_and_healthchecks() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"postgres", "redis", "migrate", "api", "worker"}
+    for name in ("postgres", "redis", "api", "worker"):
+        assert "healthcheck" in services[name], name
+    assert services["api"]["ports"] == ["8000:8000"]
+    assert services["migrate"]["command"] == ["fastbrain", "migrate"]
+    assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert services["worker"]["command"] == ["fastbrain", "worker"]
+    for name in ("api", "worker", "migrate"):
+        env = services[name]["environment"]
+        assert env["FASTBRAIN_DATABASE_URL"].startswith("postgresql+asyncpg://")
+        assert env["FASTBRAIN_REDIS_URL"].startswith("redis://redis:")
+        assert (REPO / services[name]["build"]["dockerfile"]).is_file()
+    assert {"pgdata", "redisdata", "adapters"} <= set(compose["volumes"])
+
+
+def test_api_image_has_no_torch() -> None:
+    dockerfile = (REPO / "docker" / "api.Dockerfile").read_text()
+    assert "torch" not in dockerfile.split("no torch")[-1]
