@@ -38,7 +38,7 @@ def run(steps: int, bf16_checkpointing: bool) -> dict[str, Any]:
             p = original(device, True)
             return models.Precision(device=p.device, dtype_name="bfloat16", gradient_checkpointing=True)
 
-        models.precision_for = trl_defaults  # type: ignore[assignment]
+        models.precision_for = trl_defaults
     skill = demo_skill()
     with tempfile.TemporaryDirectory() as out:
         spec = TrainingSpec(

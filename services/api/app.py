@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib.resources import files
 
 from arq import create_pool
 from arq.connections import RedisSettings
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from services.api.adapters.endpoints import router as adapters_router
 from services.api.deps import AppState
@@ -19,6 +23,7 @@ from services.api.training.endpoints import router as training_router
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.settings import Settings
 
+SWAGGER_ASSETS = str(files("fastapi_offline") / "static")
 DESCRIPTION = """Fast Brain turns a *skill* (a system prompt plus example conversations)
 into a LoRA adapter: create a skill, start training, follow it live over the
 WebSocket, then chat with the adapter. Errors use one shape:
@@ -40,8 +45,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await redis.aclose()
             await engine.dispose()
 
-    app = FastAPI(title="Fast Brain", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # Docs assets come from the fastapi-offline package, not a CDN: users may have no internet.
+    app = FastAPI(
+        title="Fast Brain",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.mount("/static/swagger", StaticFiles(directory=SWAGGER_ASSETS), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Fast Brain API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon.png",
+        )
+
     install_error_handlers(app)
     for router in (skills_router, training_router, streams_router, adapters_router, system_router):
         app.include_router(router)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
     return app

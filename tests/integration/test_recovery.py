@@ -222,3 +222,25 @@ def _seconds_since(start_monotonic: float, event: dict[str, Any]) -> float:
     now_wall = time.time()
     event_wall = datetime.fromisoformat(event["ts"]).timestamp()
     return (time.monotonic() - start_monotonic) - (now_wall - event_wall)
+
+
+async def test_data_error_fails_fast_with_guidance(stack_client: tuple[Stack, httpx.AsyncClient]) -> None:
+    stack, http = stack_client
+    stack.start_worker()
+    body = {"skill_id": "long-prompt", "name": "n", "system_prompt": "You are a careful assistant. " * 20}
+    body["conversations"] = demo_conversations(10)
+    assert (await http.post("/api/skills", json=body)).status_code == 201
+    # 32 tokens cannot hold the system prompt: every answer would be cut away.
+    job_id = await _train(http, "long-prompt", max_seq_length=32, max_steps=2)
+    events = await collect_stream(ws_url(stack.url, job_id))
+    errors = _errors(events)
+    assert len(errors) == 1, "no retry for a data problem"
+    final = errors[0]
+    assert final["final"] is True and final["category"] == "DATA_FORMAT_ERROR"
+    assert final["severity"] == "user_action_required"
+    status = (await http.get(f"/api/training-status/{job_id}")).json()
+    assert status["status"] == "failed"
+    details = status["error_details"]
+    assert details["user_message"] == "Training data format issue detected."
+    assert details["suggestions"] and [a["action"] for a in details["attempts"]] == ["none"]
+    assert "max_seq_length" in details["message"] or "cut" in details["message"] or "truncat" in details["message"]
