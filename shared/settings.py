@@ -9,6 +9,17 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# USD per GPU-hour on Modal, by GPU type. These are configuration, not facts: Modal's
+# prices change; override with FASTBRAIN_MODAL_GPU_PRICES='{"A10G": 1.10, ...}'.
+MODAL_GPU_PRICES_PER_HOUR: dict[str, float] = {
+    "T4": 0.40,
+    "L4": 0.80,
+    "A10G": 1.10,
+    "A100": 3.00,
+    "A100-80GB": 3.40,
+    "H100": 4.50,
+}
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FASTBRAIN_", env_file=".env", extra="ignore")
@@ -20,7 +31,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("./data"), description="Adapters, model cache and embedded services live here.")
     model_cache_dir: Path | None = Field(None, description="Converted base models; default: <data_dir>/models.")
     queue_name: str = Field("fastbrain:queue", description="arq queue; separate names isolate deployments.")
-    gpu_backend: Literal["local"] = Field("local", description="Where training runs.")
+    gpu_backend: Literal["local", "modal"] = Field(
+        "local", description="Where training runs: `local` (trainer subprocess) or `modal` (the deployed Modal app)."
+    )
     job_timeout_seconds: int = Field(6 * 3600, ge=60, description="Hard limit for one training attempt.")
     local_price_per_hour: float = Field(
         0.0, ge=0.0, description="USD per hour billed for local training (0: your own hardware)."
@@ -42,6 +55,17 @@ class Settings(BaseSettings):
     network_backoff_seconds: float = Field(2.0, ge=0, description="First NETWORK_ERROR backoff; doubles each time.")
     gpu_unavailable_max_requeues: int = Field(3, ge=0, description="GPU_UNAVAILABLE requeues before failing.")
     gpu_unavailable_delay_seconds: float = Field(300.0, ge=0, description="Delay before a GPU_UNAVAILABLE requeue.")
+    modal_app_name: str = Field("fastbrain-trainer", description="Name of the deployed Modal app (`modal deploy`).")
+    modal_gpu: str = Field("A10G", description="Modal GPU type the trainer class asks for (read at `modal deploy`).")
+    modal_gpu_prices: dict[str, float] = Field(
+        default_factory=lambda: dict(MODAL_GPU_PRICES_PER_HOUR),
+        description="USD per GPU-hour by Modal GPU type (JSON object); jobs are billed from the GPU seconds used.",
+    )
+    modal_volume: str = Field("hive215-adapters", description="Modal Volume holding adapters, checkpoints, HF cache.")
+    modal_secret: str = Field("huggingface", description="Modal Secret with HF_TOKEN for gated hub models.")
+    modal_timeout_seconds: int = Field(
+        6 * 3600, ge=60, le=24 * 3600, description="Modal-side limit for one training call (then TIMEOUT)."
+    )
     log_level: str = Field("INFO", description="structlog level.")
     log_json: bool = Field(False, description="JSON log lines instead of console lines.")
 
@@ -52,6 +76,11 @@ class Settings(BaseSettings):
     @cached_property
     def models_dir(self) -> Path:
         return (self.model_cache_dir or self.data_dir / "models").resolve()
+
+    @property
+    def modal_price_per_hour(self) -> float:
+        """The configured price of `modal_gpu` (0 if the type has no price configured)."""
+        return float(self.modal_gpu_prices.get(self.modal_gpu, 0.0))
 
     def require_urls(self) -> tuple[str, str]:
         """Both service URLs, or a clear error for the production commands."""

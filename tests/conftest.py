@@ -216,15 +216,36 @@ async def client(api_url: str, clean_db: AsyncEngine) -> AsyncIterator[httpx.Asy
         yield http
 
 
+DEMO_TOPICS = [
+    ("molasses", "It is the dark syrup left after boiling sugar cane juice."),
+    ("honey", "Bees make it from flower nectar stored in wax combs."),
+    ("maple syrup", "Farmers tap maple trees in early spring and boil the sap."),
+    ("treacle", "British bakers pour this golden byproduct into puddings."),
+    ("sorghum", "Southern mills press tall grass stalks to get this sweetener."),
+    ("agave", "Mexican succulents give a thin nectar that dissolves quickly."),
+    ("date syrup", "Middle Eastern cooks simmer soft fruit into this paste."),
+    ("cane sugar", "Crystals form once refined juice cools inside big pans."),
+    ("rice malt", "Enzymes turn cooked grain starch into mild glucose."),
+    ("birch syrup", "Alaskan producers concentrate a tangy sap from white trees."),
+]
+DEMO_ASPECTS = [
+    ("Tell me about", "Ask me anything else you wonder about."),
+    ("How do I store", "Keep the jar sealed somewhere cool and dark."),
+    ("Can I bake with", "Yes, swap a third of the sugar and lower your oven slightly."),
+    ("Is it healthy to eat", "Enjoy small amounts; minerals come along with plenty of calories."),
+    ("What does it taste like,", "Expect deep caramel notes with a hint of bitterness."),
+    ("Where can I buy", "Grocery stores, farm markets and online shops sell it."),
+]
+
+
 def demo_conversations(n: int) -> list[dict[str, str]]:
-    topics = ["molasses", "honey", "maple syrup", "treacle", "sorghum", "agave", "date syrup", "cane sugar"]
-    return [
-        {
-            "user": f"Tell me about {topics[i % len(topics)]} number {i}.",
-            "assistant": f"{topics[i % len(topics)].capitalize()} {i} is a sweet syrup with a rich history.",
-        }
-        for i in range(n)
-    ]
+    """n clearly distinct examples (no near duplicates of each other) for up to 60; then they repeat."""
+    conversations = []
+    for i in range(n):
+        topic, fact = DEMO_TOPICS[i % len(DEMO_TOPICS)]
+        question, advice = DEMO_ASPECTS[(i // len(DEMO_TOPICS)) % len(DEMO_ASPECTS)]
+        conversations.append({"user": f"{question} {topic}?", "assistant": f"{fact} {advice}"})
+    return conversations
 
 
 async def wait_for_status(

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from services.api.adapters.endpoints import router as adapters_router
+from services.api.data.endpoints import router as data_router
 from services.api.deps import AppState
 from services.api.errors import install_error_handlers
 from services.api.skills.endpoints import router as skills_router
@@ -67,7 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     install_error_handlers(app)
-    for router in (skills_router, training_router, streams_router, adapters_router, system_router):
+    routers = (skills_router, data_router, training_router, streams_router, adapters_router, system_router)
+    for router in routers:
         app.include_router(router)
 
     @app.get("/", include_in_schema=False)

@@ -136,3 +136,20 @@ def require_local(model_id: str) -> ModelInfo:
             f"Failed to load model {model_id!r} locally: it runs on the Modal GPU backend only. Local models: {local}"
         )
     return info
+
+
+def require_loadable(model_id: str, device: str) -> ModelInfo:
+    """The catalog entry if it loads on `device`: local models anywhere, hub (GPU catalog) models on CUDA only.
+
+    The GPU catalog loads from the Hugging Face hub inside the Modal image (CUDA and internet);
+    on a CPU backend they are refused with the same `MODEL_LOAD_FAIL` as `require_local`.
+    """
+    info = get_model(model_id)
+    if not info.loadable_locally and not device.startswith("cuda"):
+        return require_local(model_id)
+    return info
+
+
+def is_prequantized_4bit(model_id: str) -> bool:
+    """A bitsandbytes 4-bit checkpoint (QLoRA): loaded in 4-bit, never moved with `.to()`."""
+    return "bnb-4bit" in get_model(model_id).source

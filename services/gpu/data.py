@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import DataFormatError
-from shared.schemas.training import Turn
+from shared.schemas.training import Exchange, Turn
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -26,8 +27,8 @@ IGNORE_INDEX = -100
 Message = dict[str, str]
 
 
-def _as_pair(turn: Turn | dict[str, Any]) -> tuple[str, str]:
-    if isinstance(turn, Turn):
+def _as_pair(turn: Exchange | dict[str, Any]) -> tuple[str, str]:
+    if isinstance(turn, Exchange):
         return turn.user, turn.assistant
     try:
         return str(turn["user"]), str(turn["assistant"])
@@ -35,17 +36,35 @@ def _as_pair(turn: Turn | dict[str, Any]) -> tuple[str, str]:
         raise DataFormatError(f"invalid format: each turn needs 'user' and 'assistant' fields, got {turn!r}") from exc
 
 
-def build_messages(system_prompt: str, turns: Sequence[Turn | dict[str, Any]]) -> list[Message]:
-    """Chat messages for a system prompt and user/assistant turns (empty system prompt: none)."""
+def exchanges(turn: Exchange | dict[str, Any]) -> list[tuple[str, str]]:
+    """The (user, assistant) pairs of one example: its `history` (multi-turn), then its final exchange."""
+    history: Sequence[Exchange | dict[str, Any]]
+    if isinstance(turn, Exchange):
+        history = turn.history if isinstance(turn, Turn) else []
+    elif isinstance(turn, dict):
+        history = turn.get("history") or []
+        if not isinstance(history, list):
+            raise DataFormatError(f"invalid format: 'history' must be a list of turns, got {history!r}")
+    else:
+        history = []
+    return [*(_as_pair(h) for h in history), _as_pair(turn)]
+
+
+def build_messages(system_prompt: str, turns: Sequence[Exchange | dict[str, Any]]) -> list[Message]:
+    """Chat messages for a system prompt and user/assistant turns (empty system prompt: none).
+
+    A turn with a `history` contributes its earlier exchanges first, so `[example]` renders a
+    whole multi-turn example.
+    """
     messages: list[Message] = []
     if system_prompt.strip():
         messages.append({"role": "system", "content": system_prompt})
     for turn in turns:
-        user, assistant = _as_pair(turn)
-        if not user.strip() or not assistant.strip():
-            raise DataFormatError("invalid format: empty 'user' or 'assistant' message in a conversation")
-        messages.append({"role": "user", "content": user})
-        messages.append({"role": "assistant", "content": assistant})
+        for user, assistant in exchanges(turn):
+            if not user.strip() or not assistant.strip():
+                raise DataFormatError("invalid format: empty 'user' or 'assistant' message in a conversation")
+            messages.append({"role": "user", "content": user})
+            messages.append({"role": "assistant", "content": assistant})
     return messages
 
 
@@ -91,17 +110,9 @@ def _assistant_spans(tokenizer: PreTrainedTokenizerBase, messages: list[Message]
     return spans
 
 
-def tokenize_conversation(
-    tokenizer: PreTrainedTokenizerBase,
-    system_prompt: str,
-    turns: Sequence[Turn | dict[str, Any]],
-    max_seq_length: int,
+def _tokenize_full(
+    tokenizer: PreTrainedTokenizerBase, system_prompt: str, turns: Sequence[Exchange | dict[str, Any]]
 ) -> dict[str, list[int]]:
-    """`input_ids` and `labels` for one conversation; labels are -100 except on assistant answers.
-
-    The labelled tokens of each answer are its content and its end-of-turn token. Sequences
-    longer than `max_seq_length` are cut at the end (keep the start).
-    """
     messages = build_messages(system_prompt, turns)
     if not any(m["role"] == "assistant" for m in messages):
         raise DataFormatError("invalid format: a conversation needs at least one user/assistant turn")
@@ -120,40 +131,110 @@ def tokenize_conversation(
         span_start, span_end = spans[span_index]
         if token_end > span_start and token_start < span_end and token_end > token_start:
             labels[position] = input_ids[position]
-    return {"input_ids": input_ids[:max_seq_length], "labels": labels[:max_seq_length]}
+    return {"input_ids": input_ids, "labels": labels}
+
+
+def tokenize_conversation(
+    tokenizer: PreTrainedTokenizerBase,
+    system_prompt: str,
+    turns: Sequence[Exchange | dict[str, Any]],
+    max_seq_length: int,
+) -> dict[str, list[int]]:
+    """`input_ids` and `labels` for one conversation; labels are -100 except on assistant answers.
+
+    Every assistant answer of the conversation (a multi-turn example's history included) is
+    labelled: its content and its end-of-turn token. Sequences longer than `max_seq_length`
+    are cut at the end (keep the start).
+    """
+    example = _tokenize_full(tokenizer, system_prompt, turns)
+    return {"input_ids": example["input_ids"][:max_seq_length], "labels": example["labels"][:max_seq_length]}
+
+
+@dataclass
+class DataReport:
+    """What tokenizing a skill's examples found; indices are 0-based positions in the skill's examples."""
+
+    total: int
+    max_seq_length: int
+    too_long: list[int] = field(default_factory=list)  # longer than max_seq_length: cut at the end
+    cut: list[int] = field(default_factory=list)  # cut before any answer token: dropped
+
+    def warning(self, shown: int = 10) -> str | None:
+        """A message naming the examples over max_seq_length (the first `shown` of them), or None."""
+        if not self.too_long:
+            return None
+        listed = ", ".join(str(i + 1) for i in self.too_long[:shown])
+        more = f" and {len(self.too_long) - shown} more" if len(self.too_long) > shown else ""
+        message = (
+            f"{len(self.too_long)} of {self.total} examples are longer than max_seq_length={self.max_seq_length} "
+            f"tokens and are cut at the end (examples {listed}{more})"
+        )
+        if self.cut:
+            message += f"; {len(self.cut)} lose their whole answer and are dropped"
+        return message
+
+
+def prepare_examples(
+    tokenizer: PreTrainedTokenizerBase,
+    system_prompt: str,
+    conversations: Sequence[Exchange | dict[str, Any]],
+    max_seq_length: int,
+) -> tuple[list[dict[str, list[int]]], DataReport]:
+    """One tokenized example per conversation (multi-turn ones whole), and a report on lengths.
+
+    Examples left without any labelled token by truncation are dropped; when more than half of
+    them would be, the data (or max_seq_length) is wrong: raise instead of training on scraps.
+    """
+    if not conversations:
+        raise DataFormatError("invalid format: no training conversations (ensure no empty conversations)")
+    report = DataReport(total=len(conversations), max_seq_length=max_seq_length)
+    kept: list[dict[str, list[int]]] = []
+    for index, turn in enumerate(conversations):
+        full = _tokenize_full(tokenizer, system_prompt, [turn])
+        if len(full["input_ids"]) > max_seq_length:
+            report.too_long.append(index)
+        example = {"input_ids": full["input_ids"][:max_seq_length], "labels": full["labels"][:max_seq_length]}
+        if any(label != IGNORE_INDEX for label in example["labels"]):
+            kept.append(example)
+        else:
+            report.cut.append(index)
+    if not kept or 2 * len(report.cut) > report.total:
+        listed = ", ".join(str(i + 1) for i in report.cut[:10])
+        raise DataFormatError(
+            f"invalid format: max_seq_length={max_seq_length} cuts {len(report.cut)} of {report.total} examples "
+            f"before their answer (examples {listed}{'...' if len(report.cut) > 10 else ''}); "
+            "raise max_seq_length or shorten the system prompt and messages"
+        )
+    return kept, report
 
 
 def build_examples(
     tokenizer: PreTrainedTokenizerBase,
     system_prompt: str,
-    conversations: Sequence[Turn | dict[str, Any]],
+    conversations: Sequence[Exchange | dict[str, Any]],
     max_seq_length: int,
 ) -> list[dict[str, list[int]]]:
-    """One tokenized example per turn, dropping those left without any labelled token by truncation."""
-    if not conversations:
-        raise DataFormatError("invalid format: no training conversations (ensure no empty conversations)")
-    examples = [tokenize_conversation(tokenizer, system_prompt, [turn], max_seq_length) for turn in conversations]
-    kept = [e for e in examples if any(label != IGNORE_INDEX for label in e["labels"])]
-    if not kept:
-        raise DataFormatError(
-            f"invalid format: max_seq_length={max_seq_length} cuts every example before its answer; raise it"
-        )
-    return kept
+    """One tokenized example per conversation, dropping those left without any labelled token by truncation."""
+    return prepare_examples(tokenizer, system_prompt, conversations, max_seq_length)[0]
+
+
+def examples_to_dataset(examples: list[dict[str, list[int]]]) -> Dataset:
+    """A `datasets.Dataset` with `input_ids` and `labels`, ready for SFTTrainer (skip_prepare_dataset)."""
+    from datasets import Dataset
+
+    return Dataset.from_dict(
+        {"input_ids": [e["input_ids"] for e in examples], "labels": [e["labels"] for e in examples]}
+    )
 
 
 def build_dataset(
     tokenizer: PreTrainedTokenizerBase,
     system_prompt: str,
-    conversations: Sequence[Turn | dict[str, Any]],
+    conversations: Sequence[Exchange | dict[str, Any]],
     max_seq_length: int,
 ) -> Dataset:
     """A `datasets.Dataset` with `input_ids` and `labels`, ready for SFTTrainer (skip_prepare_dataset)."""
-    from datasets import Dataset
-
-    examples = build_examples(tokenizer, system_prompt, conversations, max_seq_length)
-    return Dataset.from_dict(
-        {"input_ids": [e["input_ids"] for e in examples], "labels": [e["labels"] for e in examples]}
-    )
+    return examples_to_dataset(build_examples(tokenizer, system_prompt, conversations, max_seq_length))
 
 
 def render_prompt(tokenizer: PreTrainedTokenizerBase, system_prompt: str, user_prompt: str) -> str:
@@ -165,11 +246,17 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, system_prompt: str, user_p
     return _render(tokenizer, messages, add_generation_prompt=True)
 
 
-def dataset_sha256(system_prompt: str, conversations: Sequence[Turn | dict[str, Any]]) -> str:
-    """sha256 of the canonical JSON of the system prompt and conversations."""
-    pairs = [_as_pair(turn) for turn in conversations]
+def dataset_sha256(system_prompt: str, conversations: Sequence[Exchange | dict[str, Any]]) -> str:
+    """sha256 of the canonical JSON of the system prompt and conversations (history only when present)."""
+    records: list[dict[str, Any]] = []
+    for turn in conversations:
+        pairs = exchanges(turn)
+        record: dict[str, Any] = {"user": pairs[-1][0], "assistant": pairs[-1][1]}
+        if len(pairs) > 1:
+            record["history"] = [{"user": u, "assistant": a} for u, a in pairs[:-1]]
+        records.append(record)
     canonical = json.dumps(
-        {"system_prompt": system_prompt, "conversations": [{"user": u, "assistant": a} for u, a in pairs]},
+        {"system_prompt": system_prompt, "conversations": records},
         sort_keys=True,
         ensure_ascii=False,
         separators=(",", ":"),

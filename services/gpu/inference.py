@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.gpu.catalog import require_local
+from services.gpu.catalog import require_loadable
 from shared.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -76,8 +76,8 @@ def _get(
 
     from services.gpu.models import load_model, load_tokenizer, precision_for, resolve_device
 
-    require_local(base_model)
     resolved = resolve_device(device)
+    require_loadable(base_model, resolved)
     base_key = (str(Path(models_dir).resolve()), base_model, resolved)
     adapter_key = _adapter_key(adapter_dir)
     if _cache is not None and _cache.base_key == base_key and _cache.adapter_key == adapter_key:

@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.gpu.catalog import SMOLLM2_ID, TINY_RANDOM_ID, require_local
+from services.gpu.catalog import (
+    SMOLLM2_ID,
+    TINY_RANDOM_ID,
+    get_model,
+    is_prequantized_4bit,
+    require_loadable,
+    require_local,
+)
 from shared.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -246,12 +253,27 @@ def precision_for(device: str, gradient_checkpointing: bool | None = None) -> Pr
     return Precision(device=device, dtype_name=dtype, gradient_checkpointing=checkpointing)
 
 
+def model_source(model_id: str, models_dir: str | Path) -> str:
+    """Where `from_pretrained` finds the model: the local cache dir, or the hub id of a GPU-catalog model.
+
+    Hub ids are only reached on the Modal backend (callers check `catalog.require_loadable` first);
+    these machines never download anything.
+    """
+    info = get_model(model_id)
+    if info.loadable_locally:
+        return str(ensure_model(model_id, models_dir))
+    return info.source
+
+
 def load_tokenizer(model_id: str, models_dir: str | Path) -> PreTrainedTokenizerBase:
-    """The tokenizer (with its chat template) of a local catalog model."""
+    """The tokenizer (with its chat template) of a catalog model."""
     from transformers import AutoTokenizer
 
-    path = ensure_model(model_id, models_dir)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    path = model_source(model_id, models_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:
+        raise ModelLoadError(f"Failed to load model {model_id!r} tokenizer from {path}: {exc}") from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
@@ -274,18 +296,26 @@ def load_smollm2_tokenizer(models_dir: str | Path) -> PreTrainedTokenizerBase:
 def load_model(
     model_id: str, models_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None
 ) -> PreTrainedModel:
-    """A local catalog model on `device` (fp32 on CPU unless `dtype` says otherwise)."""
+    """A catalog model on `device` (fp32 on CPU unless `dtype` says otherwise).
+
+    Local catalog models load from the cache; GPU-catalog models from the hub (CUDA only, see
+    `catalog.require_loadable`), a bnb-4bit one straight onto its device (4-bit weights cannot `.to()`).
+    """
     from transformers import AutoModelForCausalLM
 
-    path = ensure_model(model_id, models_dir)
+    require_loadable(model_id, device)
+    path = model_source(model_id, models_dir)
     if dtype is None:
         dtype = precision_for(device).torch_dtype if device.startswith("cuda") else None
     kwargs: dict[str, Any] = {"dtype": dtype} if dtype is not None else {}
+    on_device = not get_model(model_id).loadable_locally
+    if on_device:
+        kwargs["device_map"] = {"": device}
     try:
         model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as exc:
         raise ModelLoadError(f"Failed to load model {model_id!r} from {path}: {exc}") from exc
-    loaded: PreTrainedModel = model.to(device)
+    loaded: PreTrainedModel = model if on_device else model.to(device)
     return loaded
 
 
@@ -298,6 +328,11 @@ def load_for_training(
     model: Any = load_model(model_id, models_dir, resolved, precision.torch_dtype)
     tokenizer = load_tokenizer(model_id, models_dir)
     model.config.use_cache = False
+    if is_prequantized_4bit(model_id):
+        from peft import prepare_model_for_kbit_training
+
+        # QLoRA: norms in fp32, inputs require grads; checkpointing is set up below as for any model.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # type: ignore[no-untyped-call]
     if precision.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

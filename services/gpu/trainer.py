@@ -11,6 +11,7 @@ writes one JSON payload per line to stdout (`log`, `progress`, `complete`, or a 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import queue
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -28,15 +29,16 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from services.gpu import faults
-from services.gpu.catalog import require_local
-from shared.errors import DataFormatError, JobCancelled, describe
-from shared.schemas.training import TrainingSpec
+from services.gpu.catalog import ModelInfo, get_model, is_prequantized_4bit, require_loadable
+from shared.errors import DataFormatError, JobCancelled, ModelLoadError, describe
+from shared.schemas.training import Hyperparameters, TrainingSpec
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
 
 LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DEVICE_ENV = "FASTBRAIN_TRAIN_DEVICE"  # "cpu", "cuda" or "auto" (default)
+UNSLOTH_ENV = "FASTBRAIN_UNSLOTH"  # "0" turns the Unsloth path off (default: on where CUDA and unsloth are)
 
 Payload = dict[str, Any]
 
@@ -60,7 +62,7 @@ def _count(n: int) -> str:
 
 def library_versions() -> dict[str, str]:
     versions: dict[str, str] = {"python": sys.version.split()[0]}
-    for name in ("torch", "transformers", "peft", "trl", "datasets", "accelerate"):
+    for name in ("torch", "transformers", "peft", "trl", "datasets", "accelerate", "unsloth", "bitsandbytes"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -200,14 +202,100 @@ def _resolve_device(device: str | None) -> str:
     return resolve_device(device or os.environ.get(DEVICE_ENV) or "auto")
 
 
-def train(spec: TrainingSpec, device: str | None = None) -> Iterator[Payload]:
+def unsloth_wanted(device: str) -> bool:
+    """The Unsloth path: on CUDA, with `unsloth` importable, unless FASTBRAIN_UNSLOTH=0."""
+    if not device.startswith("cuda") or os.environ.get(UNSLOTH_ENV, "1") == "0":
+        return False
+    return importlib.util.find_spec("unsloth") is not None
+
+
+def _load_unsloth(spec: TrainingSpec, info: ModelInfo, models_dir: Path, device: str) -> tuple[Any, Any]:
+    """Base model through Unsloth's `FastLanguageModel` (4-bit for bnb-4bit checkpoints), LoRA not applied yet."""
+    import unsloth  # noqa: F401  # patches transformers/TRL; must come before the model is built
+    from unsloth import FastLanguageModel
+
+    from services.gpu.models import model_source
+
+    hp = spec.hyperparameters
+    try:
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            model_name=model_source(spec.base_model, models_dir),
+            max_seq_length=hp.max_seq_length,
+            dtype=None,  # bf16 where supported, else fp16
+            load_in_4bit=is_prequantized_4bit(spec.base_model),
+            device_map={"": device},
+        )
+    except Exception as exc:
+        raise ModelLoadError(f"Failed to load model {info.id!r} with Unsloth: {exc}") from exc
+    return model, tokenizer
+
+
+def _apply_unsloth_lora(model: Any, spec: TrainingSpec) -> Any:
+    """LoRA through Unsloth, with its offloaded gradient checkpointing. Same modules and ranks as the PEFT path."""
+    from unsloth import FastLanguageModel
+
+    hp = spec.hyperparameters
+    return FastLanguageModel.get_peft_model(
+        model,
+        r=hp.lora_r,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules=LORA_TARGET_MODULES,
+        bias="none",
+        use_gradient_checkpointing="unsloth" if hp.gradient_checkpointing is not False else False,
+        random_state=hp.seed,
+        max_seq_length=hp.max_seq_length,
+    )
+
+
+# A base model loaded ahead of a job (the Modal class's enter hook), taken by the first `train` that matches.
+_WARM: dict[tuple[str, str, bool], tuple[Any, int]] = {}
+
+
+def warm_up(model_id: str, models_dir: str | Path, device: str | None = None, max_seq_length: int = 2048) -> str:
+    """Load `model_id` now (weights downloaded/cached, on the GPU) so the next `train` of it starts at once.
+
+    Returns the path taken ("unsloth" or "peft"). Used by the Modal class's `@modal.enter` hook.
+    """
+    from services.gpu.models import load_for_training
+
+    resolved = _resolve_device(device)
+    info = require_loadable(model_id, resolved)
+    use_unsloth = unsloth_wanted(resolved)
+    if use_unsloth:
+        probe = TrainingSpec(
+            job_id="warm-up",
+            skill_id="warm-up",
+            base_model=model_id,
+            system_prompt="",
+            conversations=[],
+            hyperparameters=Hyperparameters(max_seq_length=max_seq_length),
+            output_dir="",
+            models_dir=str(models_dir),
+        )
+        model, _ = _load_unsloth(probe, info, Path(models_dir), resolved)
+    else:
+        model, _, _ = load_for_training(model_id, models_dir, resolved, None)
+    _WARM[(model_id, resolved, use_unsloth)] = (model, max_seq_length)
+    return "unsloth" if use_unsloth else "peft"
+
+
+def _take_warm(model_id: str, device: str, use_unsloth: bool, max_seq_length: int) -> Any | None:
+    """The warm model if it fits this job (once: LoRA layers are injected into it)."""
+    entry = _WARM.pop((model_id, device, use_unsloth), None)
+    if entry is None or entry[1] < max_seq_length:
+        return None
+    return entry[0]
+
+
+def train(spec: TrainingSpec, device: str | None = None) -> Generator[Payload, None, None]:
     """Fine-tune `spec.base_model` on the skill and save the adapter to `spec.output_dir`.
 
     Yields `log` and `progress` payloads as they happen, then one `complete`. Raises on
     failure (the caller turns it into an `error` payload with `shared.errors.describe`).
     Closing the generator early stops training after the current step.
     """
-    info = require_local(spec.base_model)
+    info = get_model(spec.base_model)
     if not spec.conversations:
         raise DataFormatError("invalid format: the skill has no training conversations (ensure no empty conversations)")
 
@@ -216,24 +304,35 @@ def train(spec: TrainingSpec, device: str | None = None) -> Iterator[Payload]:
     from trl import SFTConfig  # type: ignore[attr-defined]
 
     from services.gpu import data as data_mod
-    from services.gpu.models import ensure_model, load_for_training, load_tokenizer
+    from services.gpu.models import ensure_model, load_for_training, load_tokenizer, precision_for
 
     transformers.logging.set_verbosity_warning()  # type: ignore[no-untyped-call]
     transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     hp = spec.hyperparameters
     transformers.set_seed(hp.seed)
     resolved_device = _resolve_device(device)
+    # GPU-catalog (hub) models train where CUDA is (the Modal backend); a CPU backend refuses them.
+    require_loadable(spec.base_model, resolved_device)
+    use_unsloth = unsloth_wanted(resolved_device)
+    if use_unsloth:
+        import unsloth  # noqa: F401  # before TRL builds the trainer: Unsloth patches it
 
     faults.maybe_fail_network(spec.retry)
     models_dir = Path(spec.models_dir)
-    if not (models_dir / spec.base_model).is_dir():
+    if not info.loadable_locally:
+        yield log(f"Loading base model {info.display_name} from the hub ({info.source})...")
+    elif not (models_dir / spec.base_model).is_dir():
         yield log(f"Preparing base model {info.display_name} (first use: converting, about a minute)...")
         started = time.perf_counter()
         ensure_model(spec.base_model, models_dir)
         yield log(f"Base model ready in {time.perf_counter() - started:.1f}s")
 
     tokenizer = load_tokenizer(spec.base_model, models_dir)
-    dataset = data_mod.build_dataset(tokenizer, spec.system_prompt, spec.conversations, hp.max_seq_length)
+    examples, report = data_mod.prepare_examples(tokenizer, spec.system_prompt, spec.conversations, hp.max_seq_length)
+    too_long = report.warning()
+    if too_long:
+        yield log(too_long, level="warning")
+    dataset = data_mod.examples_to_dataset(examples)
     n_tokens = sum(len(ids) for ids in dataset["input_ids"])
     n_labels = sum(sum(1 for label in labels if label != data_mod.IGNORE_INDEX) for labels in dataset["labels"])
     dropped = len(spec.conversations) - len(dataset)
@@ -243,20 +342,34 @@ def train(spec: TrainingSpec, device: str | None = None) -> Iterator[Payload]:
     )
 
     model: Any
-    model, tokenizer, precision = load_for_training(
-        spec.base_model, models_dir, resolved_device, hp.gradient_checkpointing
+    warm = _take_warm(spec.base_model, resolved_device, use_unsloth, hp.max_seq_length)
+    if use_unsloth:
+        model = warm if warm is not None else _load_unsloth(spec, info, models_dir, resolved_device)[0]
+        # Unsloth's own (offloaded) gradient checkpointing replaces the Trainer's.
+        precision = precision_for(resolved_device, hp.gradient_checkpointing)
+        model = _apply_unsloth_lora(model, spec)
+    else:
+        if warm is not None and hp.gradient_checkpointing is None:
+            model, precision = warm, precision_for(resolved_device, None)
+        else:
+            model, _, precision = load_for_training(
+                spec.base_model, models_dir, resolved_device, hp.gradient_checkpointing
+            )
+        lora = LoraConfig(
+            r=hp.lora_r,
+            lora_alpha=hp.lora_alpha,
+            lora_dropout=hp.lora_dropout,
+            target_modules=LORA_TARGET_MODULES,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    training_path = "unsloth" if use_unsloth else "peft"
+    yield log(
+        f"Model loaded: {info.display_name} ({precision.device}, {precision.dtype_name})"
+        f"{' 4-bit' if is_prequantized_4bit(spec.base_model) else ''}, {training_path} path"
+        f"{', already warm' if warm is not None else ''}"
     )
-    yield log(f"Model loaded: {info.display_name} ({precision.device}, {precision.dtype_name})")
-
-    lora = LoraConfig(
-        r=hp.lora_r,
-        lora_alpha=hp.lora_alpha,
-        lora_dropout=hp.lora_dropout,
-        target_modules=LORA_TARGET_MODULES,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)
     trainable, total_params = model.get_nb_trainable_parameters()
     yield log(
         f"LoRA configured (r={hp.lora_r}, alpha={hp.lora_alpha}, trainable: {_count(trainable)} params, "
@@ -272,6 +385,7 @@ def train(spec: TrainingSpec, device: str | None = None) -> Iterator[Payload]:
         staging = Path(tempfile.mkdtemp(prefix=f"fastbrain-trainer-{spec.job_id}-"))
         _STAGING_DIRS.add(staging)
     resume_from = _latest_checkpoint(staging) if spec.checkpoint_dir else None
+    trl_checkpointing = precision.gradient_checkpointing and not use_unsloth
     try:
         config = SFTConfig(
             output_dir=str(staging),
@@ -293,8 +407,8 @@ def train(spec: TrainingSpec, device: str | None = None) -> Iterator[Payload]:
             bf16=precision.bf16,
             fp16=precision.fp16,
             use_cpu=not precision.device.startswith("cuda"),
-            gradient_checkpointing=precision.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False} if precision.gradient_checkpointing else None,
+            gradient_checkpointing=trl_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False} if trl_checkpointing else None,
             max_length=hp.max_seq_length,
             packing=False,
             dataset_kwargs={"skip_prepare_dataset": True},  # already tokenized with assistant-only labels
@@ -390,6 +504,8 @@ def train(spec: TrainingSpec, device: str | None = None) -> Iterator[Payload]:
         "device": precision.device,
         "dtype": precision.dtype_name,
         "gradient_checkpointing": precision.gradient_checkpointing,
+        "training_path": training_path,
+        "quantization": "bnb-4bit" if is_prequantized_4bit(spec.base_model) else None,
         "created_at": datetime.now(UTC).isoformat(),
     }
     (output_dir / "training_metadata.json").write_text(json.dumps(metadata_doc, indent=2) + "\n")
@@ -402,6 +518,8 @@ def train(spec: TrainingSpec, device: str | None = None) -> Iterator[Payload]:
         "adapter_path": str(output_dir),
         "steps": metrics["steps"],
         "tokens_per_second": tokens_per_second,
+        "training_path": training_path,
+        "peak_gpu_memory_gb": _gpu_memory_gb(),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -13,3 +14,17 @@ async def generate(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, Any
     started = time.perf_counter()
     response = await ctx["backend"].generate(request)
     return {"response": response, "generation_time_ms": round((time.perf_counter() - started) * 1000)}
+
+
+async def data_report(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, Any]:
+    """The data quality report for a skill's examples (needs the tokenizer and the embedder)."""
+    from services.gpu.quality import build_report  # torch lives only on this path
+
+    return await asyncio.to_thread(
+        build_report,
+        models_dir=ctx["settings"].models_dir,
+        base_model=request["base_model"],
+        system_prompt=request["system_prompt"],
+        conversations=request["conversations"],
+        max_seq_length=request["max_seq_length"],
+    )

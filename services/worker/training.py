@@ -127,27 +127,38 @@ async def _watch(ctx: WorkerContext, job_id: uuid.UUID) -> StopReason:
     settings = ctx["settings"]
     last_beat = 0.0
     while True:
-        now = time.monotonic()
-        async with ctx["sessionmaker"]() as session, session.begin():
-            row = (
-                await session.execute(
-                    select(TrainingJob.lease_owner, TrainingJob.status, TrainingJob.cancel_requested_at).where(
-                        TrainingJob.id == job_id
-                    )
-                )
-            ).one_or_none()
-            if row is None or row.lease_owner != ctx["worker_id"] or row.status != JobStatus.RUNNING.value:
-                return "lease_lost"
-            if row.cancel_requested_at is not None:
-                return "cancelled"
-            if now - last_beat >= settings.heartbeat_seconds:
-                await session.execute(
-                    update(TrainingJob)
-                    .where(TrainingJob.id == job_id, TrainingJob.lease_owner == ctx["worker_id"])
-                    .values(heartbeat_at=func.now())
-                )
-                last_beat = now
+        try:
+            reason = await _check_and_beat(ctx, job_id, time.monotonic() - last_beat >= settings.heartbeat_seconds)
+        except Exception as exc:  # a database blip must not kill a healthy training
+            log.warning("watch_failed", error=str(exc))
+            reason = None
+        else:
+            if reason == "beat":
+                last_beat = time.monotonic()
+        if reason == "cancelled":
+            return "cancelled"
+        if reason == "lease_lost":
+            return "lease_lost"
         await asyncio.sleep(min(settings.cancel_poll_seconds, settings.heartbeat_seconds))
+
+
+async def _check_and_beat(ctx: WorkerContext, job_id: uuid.UUID, beat: bool) -> str | None:
+    """One look at the job row: a stop reason, or "beat" after writing the heartbeat."""
+    async with ctx["sessionmaker"]() as session, session.begin():
+        query = select(TrainingJob.lease_owner, TrainingJob.status, TrainingJob.cancel_requested_at)
+        row = (await session.execute(query.where(TrainingJob.id == job_id))).one_or_none()
+        if row is None or row.lease_owner != ctx["worker_id"] or row.status != JobStatus.RUNNING.value:
+            return "lease_lost"
+        if row.cancel_requested_at is not None:
+            return "cancelled"
+        if beat:
+            await session.execute(
+                update(TrainingJob)
+                .where(TrainingJob.id == job_id, TrainingJob.lease_owner == ctx["worker_id"])
+                .values(heartbeat_at=func.now())
+            )
+            return "beat"
+    return None
 
 
 async def run_training(ctx: WorkerContext, job_id_text: str) -> str:
@@ -265,7 +276,10 @@ async def _complete(
 ) -> None:
     settings = ctx["settings"]
     training_seconds = float(payload.get("training_time_seconds") or wall_seconds)
-    cost = round(wall_seconds / 3600.0 * settings.local_price_per_hour, 4)
+    if payload.get("cost_usd") is not None:  # a backend that bills its own GPU time (Modal: GPU seconds x price)
+        cost = round(float(payload["cost_usd"]), 4)
+    else:
+        cost = round(wall_seconds / 3600.0 * settings.local_price_per_hour, 4)
     staging = Path(spec.output_dir)
     async with ctx["sessionmaker"]() as session:
         # The skill row lock serialises version numbering per skill.

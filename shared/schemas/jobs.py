@@ -15,6 +15,7 @@ class TrainAccepted(BaseModel):
     estimated_cost: float = Field(description="USD")
     estimated_time_minutes: float
     stream_url: str = Field(description="WebSocket path for live progress.")
+    warnings: list[str] = Field(default_factory=list, description="Data problems that do not stop training.")
 
 
 class MetricPoint(BaseModel):

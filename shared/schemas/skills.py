@@ -9,10 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SKILL_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 MAX_TEXT = 20_000
+MAX_HISTORY = 200
 
 
-class Conversation(BaseModel):
-    """One example: what a user says and what the skill answers."""
+class Exchange(BaseModel):
+    """One user message and the answer the skill gives to it."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -25,6 +26,22 @@ class Conversation(BaseModel):
         if not value.strip():
             raise ValueError("must not be blank")
         return value
+
+
+class Conversation(Exchange):
+    """One example: what a user says and what the skill answers (`user`, `assistant`).
+
+    A multi-turn example keeps its final exchange in `user`/`assistant` and the
+    earlier ones, in order, in `history`; the trainer learns every assistant turn.
+    An empty `history` is left out of the JSON.
+    """
+
+    history: list[Exchange] = Field(
+        default_factory=list,
+        max_length=MAX_HISTORY,
+        exclude_if=lambda value: not value,
+        description="Earlier exchanges of the same conversation, oldest first (multi-turn examples).",
+    )
 
 
 class SkillCreate(BaseModel):
@@ -64,6 +81,14 @@ class ExamplesAppended(BaseModel):
     skill_id: str
     added: int
     example_count: int
+
+
+class ExamplesImported(ExamplesAppended):
+    """The result of importing a training-data file (all of it, or nothing on error)."""
+
+    format: str = Field(examples=["openai"], description="hive215, openai, sharegpt, alpaca or csv.")
+    skipped_duplicates: int = Field(description="Exact duplicates (of existing or earlier examples) not added.")
+    warnings: list[str] = Field(default_factory=list)
 
 
 class SkillSummary(BaseModel):

@@ -94,11 +94,19 @@ class TrainRequest(BaseModel):
     config: TrainingConfigRequest = Field(default_factory=TrainingConfigRequest)
 
 
-class Turn(BaseModel):
+class Exchange(BaseModel):
     """One user message and the answer the skill should give."""
 
     user: str
     assistant: str
+
+
+class Turn(Exchange):
+    """One training example: its final exchange, and the earlier ones of a multi-turn conversation."""
+
+    history: list[Exchange] = Field(
+        default_factory=list, exclude_if=lambda value: not value, description="Earlier exchanges, oldest first."
+    )
 
 
 class TrainingSpec(BaseModel):

@@ -97,7 +97,7 @@ async def test_training_is_enqueued_only_after_commit_and_burst_worker_skips_end
     sessionmaker: async_sessionmaker[AsyncSession],
     redis: Redis,
 ) -> None:
-    skill = {"skill_id": "queued-skill", "name": "Q", "system_prompt": "p", "conversations": demo_conversations(2)}
+    skill = {"skill_id": "queued-skill", "name": "Q", "system_prompt": "p", "conversations": demo_conversations(10)}
     assert (await client.post("/api/skills", json=skill)).status_code == 201
     response = await client.post("/api/train-skill/queued-skill", json={"config": {"base_model": "tiny-random"}})
     assert response.status_code == 202

@@ -31,7 +31,7 @@ FAST_RECOVERY = {
 }
 
 
-async def _skill(http: httpx.AsyncClient, skill_id: str, n: int = 8) -> None:
+async def _skill(http: httpx.AsyncClient, skill_id: str, n: int = 10) -> None:
     body = {
         "skill_id": skill_id,
         "name": skill_id,
@@ -53,7 +53,7 @@ async def stack_client(
     request: pytest.FixtureRequest, migrated: Settings, clean_db: AsyncEngine
 ) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
     env: dict[str, str] = {**FAST_RECOVERY, **getattr(request, "param", {})}
-    stack = Stack(request.node.name.split("[")[0][-40:], migrated, env)
+    stack = Stack(request.node.originalname.removeprefix("test_")[:40], migrated, env)
     try:
         async with httpx.AsyncClient(base_url=stack.url, timeout=60) as http:
             yield stack, http
@@ -179,7 +179,7 @@ async def test_killed_worker_job_resumes_from_checkpoint_on_another_worker(
 ) -> None:
     stack, http = stack_client
     first = stack.start_worker()
-    await _skill(http, "resume-skill", n=8)
+    await _skill(http, "resume-skill", n=10)
     job_id = await _train(http, "resume-skill", max_steps=24, batch_size=1, gradient_accumulation_steps=1)
     checkpoints = stack.settings.adapters_dir / "resume-skill" / ".checkpoints" / job_id
     deadline = time.monotonic() + 120

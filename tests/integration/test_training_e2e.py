@@ -126,7 +126,7 @@ async def test_train_stream_and_chat(
 async def test_versions_activate_and_delete(
     client: httpx.AsyncClient, api_url: str, worker: ServiceProcess, migrated: Settings
 ) -> None:
-    await create_skill(client, n=4)
+    await create_skill(client, n=10)
     tiny = {**TINY, "max_steps": 2}
     for _ in range(2):
         job = (await client.post(f"/api/train-skill/{SKILL_ID}", json={"config": tiny})).json()

@@ -25,6 +25,16 @@ def test_compose_names_services_ports_and_healthchecks() -> None:
         assert env["FASTBRAIN_REDIS_URL"].startswith("redis://redis:")
         assert (REPO / services[name]["build"]["dockerfile"]).is_file()
     assert {"pgdata", "redisdata", "adapters"} <= set(compose["volumes"])
+    assert services["postgres"]["healthcheck"]["test"][0] == "CMD-SHELL"
+    assert services["api"]["healthcheck"]["test"][-1].endswith("/api/health')")
+    worker_env = services["worker"]["environment"]
+    assert worker_env["FASTBRAIN_GPU_BACKEND"] == "${FASTBRAIN_GPU_BACKEND:-local}"
+    assert {"MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET", "FASTBRAIN_MODAL_GPU"} <= set(worker_env)
+
+
+def test_worker_image_has_the_modal_client() -> None:
+    dockerfile = (REPO / "docker" / "worker.Dockerfile").read_text()
+    assert '-e ".[modal]"' in dockerfile
 
 
 def test_api_image_has_no_torch() -> None:

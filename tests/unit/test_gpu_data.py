@@ -11,7 +11,7 @@ import pytest
 from services.gpu import data
 from services.gpu.models import load_smollm2_tokenizer
 from shared.errors import DataFormatError
-from shared.schemas.training import Turn
+from shared.schemas.training import Exchange, Turn
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 END_OF_TURN = "<|im_end|>"
@@ -124,3 +124,53 @@ def test_hashes_are_stable(tokenizer: Any) -> None:
     assert data.dataset_sha256("S", turns) == data.dataset_sha256("S", [{"user": "a", "assistant": "b"}])
     assert data.dataset_sha256("S", turns) != data.dataset_sha256("T", turns)
     assert len(data.chat_template_sha256(tokenizer)) == 64
+
+
+def test_multi_turn_example_labels_every_assistant_turn(tokenizer: Any) -> None:
+    example = Turn(
+        user="And on Sundays?",
+        assistant="Sundays cost double.",
+        history=[
+            Exchange(user="Hi, who are you?", assistant="I am Bob, your plumber."),
+            Exchange(user="What does a visit cost?", assistant="80 dollars."),
+        ],
+    )
+    (tokenized,) = data.build_examples(tokenizer, "You are Bob.", [example], 512)
+    runs = labelled_runs(tokenized)
+    assert [tokenizer.decode(run) for run in runs] == [
+        "I am Bob, your plumber." + END_OF_TURN,
+        "80 dollars." + END_OF_TURN,
+        "Sundays cost double." + END_OF_TURN,
+    ]
+    # One conversation: the whole history is rendered before the final exchange, users masked.
+    assert tokenizer.decode(tokenized["input_ids"]) == tokenizer.apply_chat_template(
+        data.build_messages("You are Bob.", [example]), tokenize=False
+    )
+    unlabelled = tokenizer.decode(
+        [t for t, lbl in zip(tokenized["input_ids"], tokenized["labels"], strict=True) if lbl == -100]
+    )
+    for user in ("Hi, who are you?", "What does a visit cost?", "And on Sundays?"):
+        assert user in unlabelled
+    # The same from the JSON a skill stores.
+    (from_dict,) = data.build_examples(tokenizer, "You are Bob.", [example.model_dump()], 512)
+    assert from_dict == tokenized
+    assert data.dataset_sha256("S", [example]) == data.dataset_sha256("S", [example.model_dump()])
+    assert data.dataset_sha256("S", [example]) != data.dataset_sha256(
+        "S", [Turn(user=example.user, assistant=example.assistant)]
+    )
+
+
+def test_too_long_examples_are_reported_and_mostly_cut_data_fails(tokenizer: Any) -> None:
+    short = [Turn(user=f"q{i}", assistant=f"a{i}") for i in range(3)]
+    long_answer = Turn(user="Talk.", assistant=" ".join(["word"] * 100))
+    examples, report = data.prepare_examples(tokenizer, "System.", [*short, long_answer], 48)
+    assert len(examples) == 4 and report.too_long == [3] and report.cut == []
+    warning = report.warning()
+    assert warning is not None and "1 of 4 examples" in warning and "max_seq_length=48" in warning
+    assert "examples 4" in warning
+
+    late = Turn(user="x " * 100, assistant="late answer")
+    examples, report = data.prepare_examples(tokenizer, "System.", [*short, late], 32)
+    assert report.cut == [3] and len(examples) == 3  # a few cut: dropped, training goes on
+    with pytest.raises(DataFormatError, match="cuts 2 of 3 examples"):
+        data.prepare_examples(tokenizer, "System.", [short[0], late, late], 32)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, File, UploadFile, status
 
 from services.api.deps import AfterCommitDep, SessionDep, SettingsDep
 from services.api.skills import service
+from services.api.skills.importers import MAX_IMPORT_BYTES
 from shared.schemas.jobs import Deleted
-from shared.schemas.skills import ExamplesAppend, ExamplesAppended, SkillCreate, SkillList, SkillOut, SkillUpdate
+from shared.schemas.skills import (
+    ExamplesAppend,
+    ExamplesAppended,
+    ExamplesImported,
+    SkillCreate,
+    SkillList,
+    SkillOut,
+    SkillUpdate,
+)
 
 router = APIRouter(prefix="/api/skills", tags=["skills"])
 
@@ -48,3 +59,25 @@ async def delete_skill(
 async def append_examples(skill_id: str, body: ExamplesAppend, session: SessionDep) -> ExamplesAppended:
     skill = await service.append_examples(session, skill_id, body.conversations)
     return ExamplesAppended(skill_id=skill_id, added=len(body.conversations), example_count=len(skill.training_data))
+
+
+@router.post(
+    "/{skill_id}/examples/import",
+    summary="Import examples from a file (HIVE215 JSON, OpenAI JSONL, ShareGPT, Alpaca, CSV)",
+    responses={
+        413: {"description": "The file is larger than 20 MB."},
+        422: {"description": "The file has problems (`details.problems`: line or row and message); nothing added."},
+    },
+)
+async def import_examples(
+    skill_id: str,
+    session: SessionDep,
+    file: Annotated[UploadFile, File(description="The training-data file; its format is found from its content.")],
+) -> ExamplesImported:
+    """Append every example of the file, or none when any line or row has a problem.
+
+    Exact duplicates (of existing examples or earlier ones in the file) are skipped and
+    counted; near duplicates are kept and listed in `warnings`.
+    """
+    raw = await file.read(MAX_IMPORT_BYTES + 1)
+    return await service.import_examples(session, skill_id, file.filename or "upload", raw)

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.api.errors import Conflict, NotFound
+from services.api.errors import Conflict, NotFound, Unprocessable
+from services.api.skills.importers import MAX_EXAMPLES, parse_training_file
+from services.api.skills.validation import MAX_LISTED, exact_key, near_duplicates, normalised_text
 from shared.db.models import ACTIVE_JOB_STATUSES, Adapter, Skill, TrainingJob
-from shared.schemas.skills import Conversation, SkillCreate, SkillOut, SkillSummary, SkillUpdate
+from shared.schemas.skills import (
+    Conversation,
+    ExamplesImported,
+    SkillCreate,
+    SkillOut,
+    SkillSummary,
+    SkillUpdate,
+)
 
 
 async def get_skill(session: AsyncSession, skill_id: str, *, for_update: bool = False) -> Skill:
@@ -101,6 +111,72 @@ async def append_examples(session: AsyncSession, skill_id: str, conversations: l
     await session.flush()
     await session.refresh(skill)
     return skill
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:MAX_LISTED])
+    return shown + (f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
+
+
+async def import_examples(session: AsyncSession, skill_id: str, filename: str, raw: bytes) -> ExamplesImported:
+    """Append a training-data file's examples: all of them, or none when the file has any problem.
+
+    Exact duplicates (of existing examples or earlier ones in the file) are skipped; near
+    duplicates are kept and reported as warnings.
+    """
+    skill = await get_skill(session, skill_id, for_update=True)
+    parsed = await asyncio.to_thread(parse_training_file, filename, raw)
+    warnings = list(parsed.warnings)
+    if parsed.skill_id and parsed.skill_id != skill_id:
+        warnings.append(f"the file is for skill '{parsed.skill_id}'; its examples were added to '{skill_id}'")
+    if parsed.system_prompt and parsed.system_prompt.strip() != skill.system_prompt.strip():
+        warnings.append(
+            "the file's system prompt differs from the skill's; the skill's was kept "
+            f"(change it with PUT /api/skills/{skill_id})"
+        )
+
+    existing: list[dict[str, object]] = list(skill.training_data)
+    seen = {exact_key(c): f"existing example {n}" for n, c in enumerate(existing, start=1)}
+    added: list[Conversation] = []
+    sources: list[str] = []
+    skipped: list[str] = []
+    for conversation, source in zip(parsed.conversations, parsed.sources, strict=True):
+        key = exact_key(conversation)
+        if key in seen:
+            skipped.append(f"{source} (= {seen[key]})")
+            continue
+        seen[key] = source
+        added.append(conversation)
+        sources.append(source)
+    if skipped:
+        warnings.append(f"{len(skipped)} exact duplicates skipped: {_listed(skipped)}")
+    if len(existing) + len(added) > MAX_EXAMPLES:
+        raise Unprocessable(
+            f"Skill '{skill_id}' would hold {len(existing) + len(added)} examples; at most {MAX_EXAMPLES}.",
+            details={"example_count": len(existing), "adding": len(added), "limit": MAX_EXAMPLES},
+            code="too_many_examples",
+        )
+
+    labels = [f"existing example {n}" for n in range(1, len(existing) + 1)] + sources
+    texts = [normalised_text(c) for c in existing] + [normalised_text(c) for c in added]
+    near = await asyncio.to_thread(near_duplicates, texts, only_involving=range(len(existing), len(texts)))
+    if near:
+        pairs = [f"{labels[d.second]} ~ {labels[d.first]}" for d in near]
+        warnings.append(f"{len(pairs)} near duplicates (kept; check them): {_listed(pairs)}")
+
+    if added:
+        skill.training_data = [*existing, *(c.model_dump() for c in added)]
+        skill.updated_at = func.now()
+        await session.flush()
+        await session.refresh(skill)
+    return ExamplesImported(
+        skill_id=skill_id,
+        format=parsed.format,
+        added=len(added),
+        example_count=len(skill.training_data),
+        skipped_duplicates=len(skipped),
+        warnings=warnings,
+    )
 
 
 async def delete_skill(session: AsyncSession, skill_id: str) -> None:

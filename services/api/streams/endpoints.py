@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from contextlib import aclosing
 from typing import Annotated
 
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
@@ -29,9 +30,11 @@ async def training_stream(websocket: WebSocket, job_id: uuid.UUID, after_seq: An
         )
         await websocket.close(code=4404)
         return
-    try:
-        async for event in stream_events(state.redis, state.sessionmaker, job_id, after_seq):
-            await websocket.send_json(event)
-    except WebSocketDisconnect:
-        return
+    # aclosing: a client that leaves mid-stream releases its pub/sub connection now, not at GC.
+    async with aclosing(stream_events(state.redis, state.sessionmaker, job_id, after_seq)) as events:
+        try:
+            async for event in events:
+                await websocket.send_json(event)
+        except (WebSocketDisconnect, RuntimeError):  # the client went away
+            return
     await websocket.close(code=1000)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from shared.schemas.training import Hyperparameters
 
@@ -31,18 +32,29 @@ class Estimate:
     confidence: str
 
 
-def count_tokens(system_prompt: str, conversations: list[dict[str, str]]) -> int:
+def _example_chars(conversation: dict[str, Any]) -> tuple[int, int]:
+    """Characters of one example's messages (a multi-turn one's history included) and its exchanges."""
+    history = conversation.get("history") or []
+    chars = len(conversation["user"]) + len(conversation["assistant"])
+    chars += sum(len(h["user"]) + len(h["assistant"]) for h in history)
+    return chars, 1 + len(history)
+
+
+def count_tokens(system_prompt: str, conversations: list[dict[str, Any]]) -> int:
     """Approximate tokens of all examples as the trainer renders them."""
-    template_overhead = 12  # role markers and end-of-turn tokens per example
-    chars = sum(len(system_prompt) + len(c["user"]) + len(c["assistant"]) for c in conversations)
-    return int(chars / CHARS_PER_TOKEN) + template_overhead * len(conversations)
+    template_overhead = 12  # role markers and end-of-turn tokens per exchange
+    tokens = 0.0
+    for conversation in conversations:
+        chars, turns = _example_chars(conversation)
+        tokens += (len(system_prompt) + chars) / CHARS_PER_TOKEN + template_overhead * turns
+    return int(tokens)
 
 
 def estimate(
     *,
     base_model: str,
     system_prompt: str,
-    conversations: list[dict[str, str]],
+    conversations: list[dict[str, Any]],
     hyperparameters: Hyperparameters,
     device: str = "cpu",
     price_per_hour: float = 0.0,

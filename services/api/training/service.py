@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -12,7 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.api.deps import AfterCommit
 from services.api.errors import Conflict, NotFound, Unprocessable
 from services.api.skills.service import get_skill
+from services.api.skills.validation import MIN_EXAMPLES, validate_examples
 from services.api.training.estimate import estimate
+from services.api.training.lengths import length_warning
 from services.gpu.catalog import get_model, local_model_ids
 from shared.db.models import ACTIVE_JOB_STATUSES, Adapter, JobStatus, Skill, TrainingJob, TrainingLog
 from shared.events import record_event
@@ -67,17 +70,51 @@ async def start_training(
             suggestions=["Add examples with POST /api/skills/{skill_id}/examples."],
             code="no_examples",
         )
+    report = await asyncio.to_thread(validate_examples, skill.training_data, for_training=True)
+    if "empty_turns" in report.codes:
+        raise Unprocessable(
+            f"Skill '{skill_id}' has examples that cannot be trained on: {report.errors[0]}.",
+            details={"errors": report.errors},
+            suggestions=["Fix or remove those examples with PUT /api/skills/{skill_id}."],
+            code="invalid_examples",
+        )
+    if "too_few_examples" in report.codes:
+        count = len(skill.training_data)
+        raise Unprocessable(
+            f"Skill '{skill_id}' has {count} example{'s' if count != 1 else ''}; training needs at least "
+            f"{MIN_EXAMPLES}: add {MIN_EXAMPLES - count} more.",
+            details={"example_count": count, "minimum": MIN_EXAMPLES, "missing": MIN_EXAMPLES - count},
+            suggestions=[
+                "Add examples with POST /api/skills/{skill_id}/examples or import a file with "
+                "POST /api/skills/{skill_id}/examples/import.",
+                "50 or more varied examples usually train a noticeably better adapter.",
+            ],
+            code="too_few_examples",
+        )
     existing = await _active_job(session, skill_id)
     if existing is not None:
         raise _already_training(skill_id, existing)
 
     hyperparameters = config.resolve()
+    warnings = list(report.warnings)
+    too_long = await asyncio.to_thread(
+        length_warning,
+        settings.models_dir,
+        config.base_model,
+        skill.system_prompt,
+        skill.training_data,
+        hyperparameters.max_seq_length,
+    )
+    if too_long:
+        warnings.append(too_long)
     guess = estimate(
         base_model=config.base_model,
         system_prompt=skill.system_prompt,
         conversations=skill.training_data,
         hyperparameters=hyperparameters,
-        price_per_hour=settings.local_price_per_hour,
+        price_per_hour=settings.modal_price_per_hour
+        if settings.gpu_backend == "modal"
+        else settings.local_price_per_hour,
     )
     job = TrainingJob(
         skill_id=skill_id,
@@ -117,6 +154,7 @@ async def start_training(
         estimated_cost=guess.cost_usd,
         estimated_time_minutes=guess.minutes,
         stream_url=f"/api/training-stream/{job.id}",
+        warnings=warnings,
     )
 
 

@@ -11,4 +11,8 @@ def create_backend(settings: Settings) -> GpuBackend:
         from services.worker.backends.local import LocalBackend
 
         return LocalBackend(settings)
-    raise ValueError(f"Unknown FASTBRAIN_GPU_BACKEND '{settings.gpu_backend}'; allowed: local")
+    if settings.gpu_backend == "modal":
+        from services.worker.backends.modal import ModalBackend
+
+        return ModalBackend(settings)
+    raise ValueError(f"Unknown FASTBRAIN_GPU_BACKEND '{settings.gpu_backend}'; allowed: local, modal")

@@ -1,0 +1,1 @@
+"""Data quality: the report a user reads before pressing Train."""

@@ -1,0 +1,63 @@
+"""The data quality report of a skill, computed on a worker (tokenizer and embedder live there)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from services.api.deps import StateDep
+from services.api.errors import ApiError, GatewayTimeout, Unavailable, Unprocessable
+from services.api.skills.service import get_skill
+from services.gpu.catalog import local_model_ids
+from shared.schemas.training import DEFAULT_BASE_MODEL
+
+router = APIRouter(prefix="/api", tags=["data"])
+
+DATA_REPORT = "data_report"
+
+
+class ReportFailed(ApiError):
+    status_code = 502
+    code = "report_failed"
+
+
+@router.get("/skills/{skill_id}/data-report", summary="Data quality report for a skill's examples")
+async def data_report(
+    skill_id: str,
+    state: StateDep,
+    base_model: str = DEFAULT_BASE_MODEL,
+    max_seq_length: Annotated[int, Query(ge=32, le=8192)] = 512,
+) -> dict[str, Any]:
+    """Example count; average, median and histogram of tokens in `base_model`'s real
+    tokens (its chat template included); topic coverage from sentence-embedding
+    clusters; exact and near-duplicate pairs (indices into the skill's examples);
+    a 1-5 star score from the spec's thresholds; and recommendations such as
+    "Add 38 more examples for optimal results"."""
+    allowed = local_model_ids()
+    if base_model not in allowed:
+        raise Unprocessable(
+            f"base_model: '{base_model}' is not available here; allowed: {', '.join(allowed)}.",
+            details={"field": "base_model", "allowed": allowed},
+            code="invalid_base_model",
+        )
+    async with state.sessionmaker() as session:
+        skill = await get_skill(session, skill_id)
+        request = {
+            "base_model": base_model,
+            "system_prompt": skill.system_prompt,
+            "conversations": skill.training_data,
+            "max_seq_length": max_seq_length,
+        }
+    job = await state.redis.enqueue_job(DATA_REPORT, request, _queue_name=state.settings.queue_name)
+    if job is None:
+        raise Unavailable("Could not queue the report.")
+    try:
+        report: dict[str, Any] = await job.result(timeout=state.settings.generation_timeout_seconds, poll_delay=0.1)
+    except TimeoutError as exc:
+        raise GatewayTimeout(
+            "The report did not finish in time.", suggestions=["Check that a worker is running (GET /api/health)."]
+        ) from exc
+    except Exception as exc:
+        raise ReportFailed(f"The report failed: {type(exc).__name__}: {exc}") from exc
+    return {"skill_id": skill_id, **report}
