@@ -172,13 +172,16 @@ class Stack:
     heartbeats) get their own stack, so no other worker takes their jobs.
     """
 
-    def __init__(self, name: str, settings: Settings, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, settings: Settings, env: dict[str, str] | None = None, api_env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.settings = settings.model_copy(update={"queue_name": f"{settings.queue_name}:{name}"})
         self.env = {**service_env(self.settings), **(env or {})}
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
-        self.api = ServiceProcess(f"{name}-api", ["api", "--host", "127.0.0.1", "--port", str(port)], self.env)
+        api_args = ["api", "--host", "127.0.0.1", "--port", str(port)]
+        self.api = ServiceProcess(f"{name}-api", api_args, {**self.env, **(api_env or {})})
         self.workers: list[ServiceProcess] = []
         wait_http_ready(self.url, self.api)
 

@@ -270,3 +270,199 @@ def chat_template_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
     if isinstance(template, dict):  # named templates
         template = json.dumps(template, sort_keys=True)
     return hashlib.sha256(str(template).encode("utf-8")).hexdigest()
+
+
+# --- Chat-template check ---------------------------------------------------------------------------------------
+
+_PROBE_ANSWER = "FASTBRAIN_PROBE_ANSWER"
+
+
+def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The token that ends an assistant turn: what the template puts right after an answer, when that is a
+    special token (ChatML: `<|im_end|>`); otherwise the tokenizer's eos token (a template that drops it is
+    then caught by `check_chat_template`)."""
+    special = {str(t) for t in getattr(tokenizer, "all_special_tokens", [])}
+    special |= {str(t.content) for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+    try:
+        text = _render(
+            tokenizer,
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE_ANSWER}],
+            add_generation_prompt=False,
+        )
+    except Exception:
+        text = ""
+    position = text.find(_PROBE_ANSWER)
+    if position >= 0:
+        rest = text[position + len(_PROBE_ANSWER) :].lstrip(" ")
+        for token in sorted(special, key=len, reverse=True):
+            if token and rest.startswith(token):
+                return token
+    eos = tokenizer.eos_token
+    return str(eos) if eos else None
+
+
+@dataclass
+class TemplateProblem:
+    index: int  # 0-based position in the skill's examples
+    problem: str  # "empty_mask", "no_end_of_turn", "answer_truncated", "render_failed"
+    detail: str
+
+
+@dataclass
+class TemplateReport:
+    """What rendering every example through the base model's chat template found."""
+
+    total: int
+    max_seq_length: int
+    end_of_turn: str | None
+    template_sha256: str
+    problems: list[TemplateProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def message(self, shown: int = 10) -> str | None:
+        """One sentence per kind of problem, naming the examples (1-based, the first `shown`), or None."""
+        if not self.problems:
+            return None
+        by_kind: dict[str, list[TemplateProblem]] = {}
+        for problem in self.problems:
+            by_kind.setdefault(problem.problem, []).append(problem)
+        parts: list[str] = []
+        for kind, found in by_kind.items():
+            listed = ", ".join(str(p.index + 1) for p in found[:shown])
+            more = f" and {len(found) - shown} more" if len(found) > shown else ""
+            parts.append(f"{_PROBLEM_TEXT[kind]} in {len(found)} of {self.total} examples ({listed}{more})")
+        return "chat template check failed: " + "; ".join(parts) + f". First: {self.problems[0].detail}"
+
+
+_PROBLEM_TEXT = {
+    "empty_mask": "no assistant token left to train on",
+    "no_end_of_turn": "an assistant turn does not end with the end-of-turn token",
+    "answer_truncated": "an assistant answer is cut by max_seq_length",
+    "render_failed": "the chat template cannot render the conversation",
+}
+
+
+def _check_one(
+    tokenizer: PreTrainedTokenizerBase,
+    system_prompt: str,
+    turn: Exchange | dict[str, Any],
+    max_seq_length: int,
+    end_of_turn: str | None,
+    index: int,
+) -> list[TemplateProblem]:
+    try:
+        messages = build_messages(system_prompt, [turn])
+        full = _render(tokenizer, messages, add_generation_prompt=False)
+        spans = _assistant_spans(tokenizer, messages, full)
+    except DataFormatError as exc:
+        return [TemplateProblem(index, "render_failed", f"example {index + 1}: {exc}")]
+    problems: list[TemplateProblem] = []
+    for number, (start, end) in enumerate(spans, 1):
+        answer = full[start:end]
+        if end_of_turn is None or not answer.endswith(end_of_turn):
+            problems.append(
+                TemplateProblem(
+                    index,
+                    "no_end_of_turn",
+                    f"example {index + 1}, assistant turn {number} renders as {answer[-40:]!r} without the "
+                    f"end-of-turn token {end_of_turn!r}: the model would never learn to stop",
+                )
+            )
+            break
+    encoded = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    offsets: list[tuple[int, int]] = [tuple(o) for o in encoded["offset_mapping"]]
+    for number, (_start, end) in enumerate(spans, 1):
+        needed = sum(1 for token_start, _ in offsets if token_start < end)  # tokens up to the answer's end
+        if needed > max_seq_length:
+            problems.append(
+                TemplateProblem(
+                    index,
+                    "answer_truncated",
+                    f"example {index + 1}, assistant turn {number} ends at token {needed} but "
+                    f"max_seq_length={max_seq_length}: raise max_seq_length or shorten the example",
+                )
+            )
+            break
+    labelled = tokenize_conversation(tokenizer, system_prompt, [turn], max_seq_length)["labels"]
+    if not any(label != IGNORE_INDEX for label in labelled):
+        problems.append(
+            TemplateProblem(index, "empty_mask", f"example {index + 1}: no assistant token is left to train on")
+        )
+    return problems
+
+
+def check_chat_template(
+    tokenizer: PreTrainedTokenizerBase,
+    system_prompt: str,
+    conversations: Sequence[Exchange | dict[str, Any]],
+    max_seq_length: int,
+) -> TemplateReport:
+    """Render every example through the base model's chat template and report what would train badly.
+
+    For each example: the assistant-only loss mask is non-empty, every assistant turn ends with the
+    model's end-of-turn token, and no assistant answer is cut by `max_seq_length`.
+    """
+    end_of_turn = end_of_turn_token(tokenizer)
+    report = TemplateReport(
+        total=len(conversations),
+        max_seq_length=max_seq_length,
+        end_of_turn=end_of_turn,
+        template_sha256=chat_template_sha256(tokenizer),
+    )
+    for index, turn in enumerate(conversations):
+        report.problems.extend(_check_one(tokenizer, system_prompt, turn, max_seq_length, end_of_turn, index))
+    return report
+
+
+# --- Evaluation split ------------------------------------------------------------------------------------------
+
+MIN_EXAMPLES_FOR_EVAL = 10
+EVAL_SHARE = 0.2
+MAX_EVAL_EXAMPLES = 50
+
+
+def eval_split(count: int, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) indices: 20% held out (at least 2, at most 50) from 10 examples up, else none.
+
+    Deterministic for a seed and count.
+    """
+    if count < MIN_EXAMPLES_FOR_EVAL:
+        return list(range(count)), []
+    import math
+    import random
+
+    held = min(max(2, math.ceil(EVAL_SHARE * count)), MAX_EVAL_EXAMPLES)
+    chosen = set(random.Random(seed).sample(range(count), held))
+    return [i for i in range(count) if i not in chosen], sorted(chosen)
+
+
+def held_out_loss(model: Any, examples: Sequence[dict[str, list[int]]]) -> float | None:
+    """Mean cross-entropy over the assistant tokens of `examples` (token-weighted), one example at a time."""
+    if not examples:
+        return None
+    import torch
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.no_grad():
+            for example in examples:
+                n = sum(1 for label in example["labels"][1:] if label != IGNORE_INDEX)  # shifted by one
+                if not n:
+                    continue
+                out = model(
+                    input_ids=torch.tensor([example["input_ids"]], device=device),
+                    labels=torch.tensor([example["labels"]], device=device),
+                    use_cache=False,
+                )
+                total += float(out.loss) * n
+                count += n
+    finally:
+        if was_training:
+            model.train()
+    return round(total / count, 6) if count else None

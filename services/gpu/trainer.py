@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from services.gpu import faults
 from services.gpu.catalog import ModelInfo, get_model, is_prequantized_4bit, require_loadable
 from shared.errors import DataFormatError, JobCancelled, ModelLoadError, describe
-from shared.schemas.training import Hyperparameters, TrainingSpec
+from shared.schemas.training import SMALL_SKILL_EXAMPLES, Hyperparameters, TrainingSpec
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
@@ -78,9 +78,20 @@ def _gpu_memory_gb() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 1024**3, 3)
 
 
-def _make_callback(events: queue.Queue[Payload], stop: threading.Event, history: list[Payload]) -> TrainerCallback:
-    """A TrainerCallback that turns each optimizer step's log into a `progress` payload."""
+def _make_callback(
+    events: queue.Queue[Payload],
+    stop: threading.Event,
+    history: list[Payload],
+    eval_examples: list[dict[str, list[int]]] | None = None,
+) -> TrainerCallback:
+    """A TrainerCallback that turns each optimizer step's log into a `progress` payload.
+
+    With held-out examples, the held-out loss is measured at about 25%, 50% and 75% of the steps and
+    carried as `eval_loss` on that step's `progress` payload (before and after: by `train`).
+    """
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+    from services.gpu.data import held_out_loss
 
     class ProgressCallback(TrainerCallback):
         def __init__(self) -> None:
@@ -88,6 +99,8 @@ def _make_callback(events: queue.Queue[Payload], stop: threading.Event, history:
             self.last_step = 0
             self.first_step = 0
             self.tokens_at_start = 0
+            self.eval_steps: set[int] = set()
+            self.pending_eval: float | None = None
 
         def on_train_begin(
             self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -96,6 +109,8 @@ def _make_callback(events: queue.Queue[Payload], stop: threading.Event, history:
             # After a resume the counters start where the checkpoint left off.
             self.first_step = self.last_step = state.global_step
             self.tokens_at_start = int(state.num_input_tokens_seen or 0)
+            total = max(state.max_steps, 1)
+            self.eval_steps = {-(-total * quarter // 4) for quarter in (1, 2, 3)} - {total}
             if state.global_step:
                 events.put(
                     log(f"Resumed at step {state.global_step}/{state.max_steps}: optimizer and schedule restored")
@@ -114,6 +129,8 @@ def _make_callback(events: queue.Queue[Payload], stop: threading.Event, history:
             faults.step_delay()
             if stop.is_set():
                 control.should_training_stop = True
+            elif eval_examples and state.global_step in self.eval_steps and kwargs.get("model") is not None:
+                self.pending_eval = held_out_loss(kwargs["model"], eval_examples)
 
         def on_log(
             self,
@@ -146,6 +163,8 @@ def _make_callback(events: queue.Queue[Payload], stop: threading.Event, history:
                 "tokens_seen": tokens,
                 "elapsed_seconds": round(elapsed, 2),
             }
+            if self.pending_eval is not None:
+                payload["eval_loss"], self.pending_eval = self.pending_eval, None
             history.append(payload)
             events.put(payload)
 
@@ -328,14 +347,36 @@ def train(spec: TrainingSpec, device: str | None = None) -> Generator[Payload, N
         yield log(f"Base model ready in {time.perf_counter() - started:.1f}s")
 
     tokenizer = load_tokenizer(spec.base_model, models_dir)
+    # Every example through the model's own chat template: a broken one must never be trained on.
+    template = data_mod.check_chat_template(tokenizer, spec.system_prompt, spec.conversations, hp.max_seq_length)
+    if not template.ok:
+        raise DataFormatError(f"invalid format: {template.message()}")
+    yield log(
+        f"Chat template check passed: {template.total} examples, end-of-turn token {template.end_of_turn!r}, "
+        f"template sha256 {template.template_sha256[:12]}"
+    )
     examples, report = data_mod.prepare_examples(tokenizer, spec.system_prompt, spec.conversations, hp.max_seq_length)
     too_long = report.warning()
     if too_long:
         yield log(too_long, level="warning")
+    train_index, eval_index = data_mod.eval_split(len(examples), hp.seed)
+    eval_examples = [examples[i] for i in eval_index]
+    examples = [examples[i] for i in train_index]
+    if eval_examples:
+        yield log(
+            f"Held out {len(eval_examples)} of {len(eval_index) + len(train_index)} examples for evaluation "
+            f"(seed {hp.seed}): the improvement is measured on answers the adapter never trains on"
+        )
+    else:
+        yield log(
+            f"No evaluation split: {len(examples)} examples (under {data_mod.MIN_EXAMPLES_FOR_EVAL}); "
+            "held-out loss is not measured",
+            level="warning",
+        )
     dataset = data_mod.examples_to_dataset(examples)
     n_tokens = sum(len(ids) for ids in dataset["input_ids"])
     n_labels = sum(sum(1 for label in labels if label != data_mod.IGNORE_INDEX) for labels in dataset["labels"])
-    dropped = len(spec.conversations) - len(dataset)
+    dropped = len(spec.conversations) - len(dataset) - len(eval_examples)
     yield log(
         f"Loaded {len(dataset)} training examples ({n_tokens} tokens, {n_labels} assistant tokens)"
         + (f"; {dropped} dropped: truncated before their answer" if dropped else "")
@@ -371,6 +412,11 @@ def train(spec: TrainingSpec, device: str | None = None) -> Generator[Payload, N
         f"{', already warm' if warm is not None else ''}"
     )
     trainable, total_params = model.get_nb_trainable_parameters()
+    eval_before = None
+    if eval_examples:
+        with model.disable_adapter():  # the base model alone
+            eval_before = data_mod.held_out_loss(model, eval_examples)
+        yield log(f"Held-out loss before training (base model): {eval_before:.4f} on {len(eval_examples)} examples")
     yield log(
         f"LoRA configured (r={hp.lora_r}, alpha={hp.lora_alpha}, trainable: {_count(trainable)} params, "
         f"{100 * trainable / max(total_params, 1):.2f}% of {_count(total_params)})"
@@ -421,12 +467,25 @@ def train(spec: TrainingSpec, device: str | None = None) -> Generator[Payload, N
         events: queue.Queue[Payload] = queue.Queue()
         stop = threading.Event()
         history: list[Payload] = []
-        trainer = _sft_trainer_class()(
+        trainer_class, train_data, collator = _sft_trainer_class(), dataset, None
+        # Several examples per row, each attending only to itself (services/gpu/packing.py). Unset means
+        # "when it pays": a small skill has few optimizer steps already and packing would cut them further.
+        pack = hp.packing if hp.packing is not None else len(dataset) >= SMALL_SKILL_EXAMPLES
+        if hp.packing is None and not pack:
+            yield log(f"Packing off: {len(dataset)} examples (under {SMALL_SKILL_EXAMPLES}) train one per row")
+        if pack:
+            from services.gpu import packing
+
+            packed = packing.pack_for_training(dataset, hp.max_seq_length, tokenizer.pad_token_id, trainer_class)
+            trainer_class, train_data, collator = packed.trainer_class, packed.dataset, packed.collator
+            yield log(packed.message(hp.max_seq_length))
+        trainer = trainer_class(
             model=model,
             args=config,
-            train_dataset=dataset,
+            train_dataset=train_data,
+            data_collator=collator,
             processing_class=tokenizer,
-            callbacks=[_make_callback(events, stop, history)],
+            callbacks=[_make_callback(events, stop, history, eval_examples)],
         )
 
         failure: list[BaseException] = []
@@ -472,6 +531,17 @@ def train(spec: TrainingSpec, device: str | None = None) -> Generator[Payload, N
     (output_dir / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub, not ours
 
     losses = [p["loss"] for p in history if p.get("loss") is not None]
+    eval_after = data_mod.held_out_loss(trainer.model, eval_examples) if eval_examples else None
+    improvement_pct = (
+        round(100.0 * (eval_before - eval_after) / eval_before, 2)
+        if eval_before is not None and eval_after is not None and eval_before > 0
+        else None
+    )
+    if eval_after is not None:
+        yield log(
+            f"Held-out loss after training: {eval_after:.4f} (before {eval_before:.4f}, "
+            f"improvement {improvement_pct}%) on {len(eval_examples)} examples"
+        )
     train_tokens = int(trainer.state.num_input_tokens_seen or 0)
     # Throughput over the optimizer steps themselves (as in the progress events), not the setup around them.
     step_seconds = history[-1]["elapsed_seconds"] if history else training_time
@@ -486,6 +556,11 @@ def train(spec: TrainingSpec, device: str | None = None) -> Generator[Payload, N
         "loss_history": [{"step": p["step"], "loss": p["loss"]} for p in history],
         "examples": len(dataset),
         "trainable_parameters": trainable,
+        "eval_examples": len(eval_examples),
+        "eval_loss_before": eval_before,
+        "eval_loss_after": eval_after,
+        "improvement_pct": improvement_pct,
+        "eval_loss_history": [{"step": p["step"], "eval_loss": p["eval_loss"]} for p in history if "eval_loss" in p],
     }
     metadata_doc: dict[str, Any] = {
         "job_id": spec.job_id,
@@ -520,6 +595,10 @@ def train(spec: TrainingSpec, device: str | None = None) -> Generator[Payload, N
         "tokens_per_second": tokens_per_second,
         "training_path": training_path,
         "peak_gpu_memory_gb": _gpu_memory_gb(),
+        "eval_examples": len(eval_examples),
+        "eval_loss_before": eval_before,
+        "eval_loss_after": eval_after,
+        "improvement_pct": improvement_pct,
     }
 
 

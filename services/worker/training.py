@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.worker import store
 from services.worker.context import WorkerContext
 from services.worker.recovery import RecoveryLimits, decide
-from shared.db.models import Adapter, JobStatus, Skill, TrainingJob
+from shared.db.models import Adapter, JobStatus, Skill, TrainingJob, TrainingLog
 from shared.errors import CATALOGUE, ErrorCategory
 from shared.events import publish, record_event
 from shared.schemas.training import Hyperparameters, TrainingSpec, Turn
@@ -271,10 +271,61 @@ async def _drive(ctx: WorkerContext, recorder: Recorder, job: TrainingJob, spec:
     return {"type": "error", "category": "INTERNAL", "message": "Trainer ended without a result"}
 
 
+def _device_key(backend_device: str) -> str:
+    """The backend's device as the estimator keys it: `cpu`, `cuda`, or the Modal GPU type (`a10g`)."""
+    value = backend_device.strip().lower()
+    return value.split(":", 1)[1] if value.startswith("modal:") else value.split(":", 1)[0]
+
+
+async def _measurements(
+    session: AsyncSession, job: TrainingJob, payload: dict[str, Any], wall_seconds: float, device: str
+) -> dict[str, Any]:
+    """What estimates calibrate on: tokens and seconds of the optimizer steps (the last
+    progress event's running totals), the rest of the run's wall time as startup, and
+    the time estimate's error against the run's wall time."""
+    last = await session.scalar(
+        select(TrainingLog.data)
+        .where(TrainingLog.job_id == job.id, TrainingLog.event_type == "progress")
+        .order_by(TrainingLog.seq.desc())
+        .limit(1)
+    )
+    tokens = (last or {}).get("tokens_seen")
+    step_seconds = (last or {}).get("elapsed_seconds")
+    rate = payload.get("tokens_per_second")
+    if isinstance(tokens, int) and isinstance(step_seconds, int | float) and tokens > 0 and step_seconds > 0:
+        rate = tokens / float(step_seconds)
+    elif isinstance(rate, int | float) and rate > 0:  # no progress event: the trainer's own figures
+        step_seconds = float(payload.get("training_time_seconds") or wall_seconds)
+        tokens = round(float(rate) * step_seconds)
+    else:
+        rate = tokens = step_seconds = None
+    estimate = (job.config or {}).get("estimate") or {}
+    estimated_seconds = estimate.get("seconds")
+    if estimated_seconds is None and job.estimated_time_minutes is not None:
+        estimated_seconds = job.estimated_time_minutes * 60.0
+    error = None
+    if estimated_seconds is not None and wall_seconds > 0:
+        error = round((float(estimated_seconds) - wall_seconds) / wall_seconds * 100.0, 1)
+    return {
+        "device": device,
+        "tokens_trained": tokens,
+        "tokens_per_second": round(float(rate), 2) if rate else None,
+        "startup_seconds": round(max(wall_seconds - float(step_seconds), 0.0), 2) if step_seconds else None,
+        "estimate_error_pct": error,
+    }
+
+
+def _eval_metrics(payload: dict[str, Any]) -> dict[str, Any]:
+    """Held-out loss before and after training, when the trainer had enough examples to split."""
+    keys = ("eval_loss_before", "eval_loss_after", "eval_examples", "improvement_pct")
+    return {key: payload[key] for key in keys if payload.get(key) is not None}
+
+
 async def _complete(
     ctx: WorkerContext, job: TrainingJob, spec: TrainingSpec, payload: dict[str, Any], wall_seconds: float
 ) -> None:
     settings = ctx["settings"]
+    device = _device_key(str(getattr(ctx["backend"], "device", "") or "cpu"))
     training_seconds = float(payload.get("training_time_seconds") or wall_seconds)
     if payload.get("cost_usd") is not None:  # a backend that bills its own GPU time (Modal: GPU seconds x price)
         cost = round(float(payload["cost_usd"]), 4)
@@ -304,6 +355,8 @@ async def _complete(
         )
         session.add(adapter)
         await session.flush()
+        measured = await _measurements(session, job, payload, wall_seconds, device)
+        measured |= _eval_metrics(payload)
         event = await record_event(
             session,
             job.id,
@@ -315,6 +368,8 @@ async def _complete(
                 "cost_usd": cost,
                 "training_examples": len(spec.conversations),
                 "training_time_seconds": round(training_seconds, 1),
+                "wall_time_seconds": round(wall_seconds, 1),
+                **measured,
             },
         )
         await session.execute(
@@ -330,6 +385,7 @@ async def _complete(
                 cost_usd=cost,
                 eta_seconds=0,
                 lease_owner=None,
+                **measured,
             )
         )
         # Files move last, just before the commit: if the commit fails the
@@ -343,7 +399,13 @@ async def _complete(
     await publish(ctx["redis"], event)
     if spec.checkpoint_dir:
         store.remove(Path(spec.checkpoint_dir))
-    log.info("training_completed", version=version, final_loss=payload.get("final_loss"))
+    log.info(
+        "training_completed",
+        version=version,
+        final_loss=payload.get("final_loss"),
+        wall_seconds=round(wall_seconds, 1),
+        **measured,
+    )
 
 
 def _timeout_payload(limit: int) -> dict[str, Any]:

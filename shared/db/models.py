@@ -76,6 +76,12 @@ class TrainingJob(Base):
             postgresql_where=text("status IN ('pending', 'queued', 'running')"),
         ),
         Index("idx_training_jobs_running_heartbeat", "heartbeat_at", postgresql_where=text("status = 'running'")),
+        Index(
+            "idx_training_jobs_calibration",
+            "device",
+            "completed_at",
+            postgresql_where=text("status = 'completed' AND tokens_per_second IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(
@@ -118,6 +124,19 @@ class TrainingJob(Base):
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     recovery_attempts: Mapped[list[Any]] = mapped_column(JSONB, nullable=False, server_default=text("'[]'::jsonb"))
     backend: Mapped[str] = mapped_column(Text, nullable=False, server_default="local")
+    # Measured on completion, for estimates (migration 0003): where it ran (`cpu`, `cuda`,
+    # or the Modal GPU type), tokens through the optimizer steps and their rate, the rest
+    # of the run's wall time, and how far the time estimate was off.
+    device: Mapped[str | None] = mapped_column(Text)
+    tokens_trained: Mapped[int | None] = mapped_column(BigInteger)
+    tokens_per_second: Mapped[float | None] = mapped_column(Float)
+    startup_seconds: Mapped[float | None] = mapped_column(Float)
+    estimate_error_pct: Mapped[float | None] = mapped_column(Float)
+    # Held-out evaluation (migration 0004): loss on answers the adapter never trained on.
+    eval_loss_before: Mapped[float | None] = mapped_column(Float)
+    eval_loss_after: Mapped[float | None] = mapped_column(Float)
+    eval_examples: Mapped[int | None] = mapped_column(Integer)
+    improvement_pct: Mapped[float | None] = mapped_column(Float)
 
     created_at: Mapped[datetime] = _now()
     created_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))

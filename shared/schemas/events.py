@@ -29,6 +29,9 @@ class ProgressPayload(_Payload):
     eta_seconds: float | None = None
     progress: float = Field(ge=0.0, le=100.0)
     gpu_memory_used_gb: float | None = None
+    eval_loss: float | None = Field(
+        None, description="Held-out loss (assistant tokens) measured at this step; at about 25/50/75% of the run."
+    )
 
 
 class LogPayload(_Payload):
@@ -51,6 +54,10 @@ class CompletePayload(_Payload):
     initial_loss: float | None = None
     training_time_seconds: float | None = None
     adapter_path: str | None = None
+    eval_examples: int | None = Field(None, description="Examples held out of training (0: too few to split).")
+    eval_loss_before: float | None = Field(None, description="Held-out loss of the base model, before training.")
+    eval_loss_after: float | None = Field(None, description="Held-out loss with the trained adapter.")
+    improvement_pct: float | None = Field(None, description="Held-out loss reduction, in percent of the base's.")
 
 
 class ErrorPayload(_Payload):

@@ -4,9 +4,44 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from shared.schemas.training import Preset, TrainingConfigRequest
+
+
+class EstimateRequest(BaseModel):
+    """What to estimate: a preset, or a full config (a preset plus overrides), on a backend and GPU."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: Preset | None = Field(None, description="Shorthand for `config.preset`; wins over it when both are given.")
+    config: TrainingConfigRequest | None = Field(None, description="As in POST /api/train-skill; default: standard.")
+    backend: Literal["local", "modal"] | None = Field(None, description="Default: this server's FASTBRAIN_GPU_BACKEND.")
+    gpu_type: str | None = Field(
+        None, description="Modal GPU type (A10G, T4, A100, H100, ...); default: FASTBRAIN_MODAL_GPU. Modal only."
+    )
+
+
+class EstimateOut(BaseModel):
+    minutes: float = Field(description="Wall time of the run, from the trainer starting to the adapter saved.")
+    seconds: float = Field(description="The same, in seconds (unrounded to minutes).")
+    cost_usd: float
+    confidence: Literal["high", "medium", "low"]
+    tokens: int = Field(description="Tokens the trainer will see: examples x epochs, each cut at max_seq_length.")
+    epochs: float = Field(description="Passes over the data (fractional when max_steps sets the length).")
+    throughput_tokens_per_second: float
+    throughput_source: str = Field(description="`measured (n jobs)`, `seeded` or `default`.", examples=["seeded"])
+    startup_seconds: float = Field(description="Overhead outside the optimizer steps: start, model load, saving.")
+    backend: str
+    device: str = Field(description="`cpu`/`cuda` on the local backend, the GPU type on Modal.")
+    gpu_type: str | None
+    price_per_hour: float = Field(description="USD per hour of the device, from configuration.")
+    examples: int
+    token_count: Literal["tokenizer", "heuristic"] = Field(
+        description="Counted with the base model's tokenizer, or estimated as characters / 3.6."
+    )
 
 
 class TrainAccepted(BaseModel):
@@ -16,6 +51,7 @@ class TrainAccepted(BaseModel):
     estimated_time_minutes: float
     stream_url: str = Field(description="WebSocket path for live progress.")
     warnings: list[str] = Field(default_factory=list, description="Data problems that do not stop training.")
+    estimate: EstimateOut | None = Field(None, description="The same estimate as POST /api/skills/{id}/estimate.")
 
 
 class MetricPoint(BaseModel):
@@ -25,6 +61,7 @@ class MetricPoint(BaseModel):
     learning_rate: float | None = None
     grad_norm: float | None = None
     tokens_per_second: float | None = None
+    eval_loss: float | None = None
     ts: str
 
 
@@ -66,6 +103,15 @@ class JobStatusOut(BaseModel):
     cost_usd: float | None
     estimated_cost: float | None
     estimated_time_minutes: float | None
+    device: str | None = None
+    tokens_trained: int | None = None
+    tokens_per_second: float | None = Field(None, description="Measured over the optimizer steps.")
+    startup_seconds: float | None = None
+    estimate_error_pct: float | None = Field(None, description="(estimated - actual) / actual x 100, on time.")
+    eval_loss_before: float | None = Field(None, description="Held-out loss of the base model.")
+    eval_loss_after: float | None = Field(None, description="Held-out loss with the trained adapter.")
+    eval_examples: int | None = Field(None, description="Examples held out (none under 10 examples).")
+    improvement_pct: float | None = Field(None, description="Held-out loss reduction, %.")
     error_message: str | None
     error_details: dict[str, Any] | None
     recovery_attempts: list[dict[str, Any]] = Field(description="What auto-recovery tried, in order.")

@@ -52,8 +52,10 @@ async def _train(http: httpx.AsyncClient, skill_id: str, **config: Any) -> str:
 async def stack_client(
     request: pytest.FixtureRequest, migrated: Settings, clean_db: AsyncEngine
 ) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
-    env: dict[str, str] = {**FAST_RECOVERY, **getattr(request, "param", {})}
-    stack = Stack(request.node.originalname.removeprefix("test_")[:40], migrated, env)
+    param: dict[str, Any] = dict(getattr(request, "param", {}))
+    api_env: dict[str, str] = param.pop("api_env", {})
+    env: dict[str, str] = {**FAST_RECOVERY, **param}
+    stack = Stack(request.node.originalname.removeprefix("test_")[:40], migrated, env, api_env)
     try:
         async with httpx.AsyncClient(base_url=stack.url, timeout=60) as http:
             yield stack, http
@@ -224,6 +226,9 @@ def _seconds_since(start_monotonic: float, event: dict[str, Any]) -> float:
     return (time.monotonic() - start_monotonic) - (now_wall - event_wall)
 
 
+# An API without the model cache (the slim API image) cannot pre-check templates,
+# so the job reaches the worker and the trainer's own check must stop it.
+@pytest.mark.parametrize("stack_client", [{"api_env": {"FASTBRAIN_MODEL_CACHE_DIR": "/nonexistent"}}], indirect=True)
 async def test_data_error_fails_fast_with_guidance(stack_client: tuple[Stack, httpx.AsyncClient]) -> None:
     stack, http = stack_client
     stack.start_worker()

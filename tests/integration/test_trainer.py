@@ -275,3 +275,48 @@ def test_sigterm_stops_training_promptly(tmp_path: Path) -> None:
     last = parse_payload(rest.strip().splitlines()[-1])
     assert isinstance(last, ErrorPayload) and last.category == ErrorCategory.CANCELLED.value
     assert not (tmp_path / "adapter").exists()
+
+
+TWELVE = [
+    Turn(user=f"{question} (case {i})", assistant=f"{answer} Ticket {i}.")
+    for i, (question, answer) in enumerate([(t.user, t.assistant) for t in CONVERSATIONS] * 3)
+][:12]
+
+
+def test_held_out_loss_before_during_and_after(tmp_path: Path) -> None:
+    """12 examples: 3 held out (seed 42), measured on the base model, at 25/50/75% of the steps, and after."""
+    run = run_trainer(
+        make_spec(tmp_path, conversations=TWELVE, max_steps=4, batch_size=2, gradient_accumulation_steps=1)
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    messages = [p.message for p in run.payloads if isinstance(p, LogPayload)]
+    assert any(m.startswith("Chat template check passed: 12 examples") for m in messages)
+    assert any(m.startswith("Held out 3 of 12 examples") for m in messages)
+    assert any(m.startswith("Loaded 9 training examples") for m in messages)
+    assert any(m.startswith("Held-out loss before training (base model)") for m in messages)
+    assert [p.step for p in progress_of(run) if p.eval_loss is not None] == [1, 2, 3]
+    complete = run.payloads[-1]
+    assert isinstance(complete, CompletePayload) and complete.eval_examples == 3
+    assert complete.eval_loss_before is not None and complete.eval_loss_after is not None
+    expected = round(100 * (complete.eval_loss_before - complete.eval_loss_after) / complete.eval_loss_before, 2)
+    assert complete.improvement_pct == expected
+    metrics = json.loads((tmp_path / "adapter" / "training_metadata.json").read_text())["metrics"]
+    assert metrics["eval_loss_before"] == complete.eval_loss_before and metrics["eval_examples"] == 3
+    assert metrics["examples"] == 9 and len(metrics["eval_loss_history"]) == 3
+
+
+def test_no_eval_split_under_ten_examples(tiny_run: Run) -> None:
+    messages = [p.message for p in tiny_run.payloads if isinstance(p, LogPayload)]
+    assert any(m.startswith("No evaluation split: 5 examples") for m in messages)
+    complete = tiny_run.payloads[-1]
+    assert isinstance(complete, CompletePayload) and complete.eval_examples == 0
+    assert complete.eval_loss_before is None and complete.improvement_pct is None
+
+
+def test_answer_cut_by_max_seq_length_is_refused_before_training(tmp_path: Path) -> None:
+    long = Turn(user="Tell me everything.", assistant=" ".join(["Close the valve, then call us."] * 12))
+    run = run_trainer(make_spec(tmp_path, conversations=[*CONVERSATIONS, long], max_seq_length=64, max_steps=2))
+    error = assert_error(run, ErrorCategory.DATA_FORMAT_ERROR)
+    assert "chat template check failed" in error.message and "cut by max_seq_length" in error.message
+    assert "1 of 6 examples (6)" in error.message
+    assert not any(isinstance(p, ProgressPayload) for p in run.payloads), "refused before any step"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -174,3 +175,76 @@ def test_too_long_examples_are_reported_and_mostly_cut_data_fails(tokenizer: Any
     assert report.cut == [3] and len(examples) == 3  # a few cut: dropped, training goes on
     with pytest.raises(DataFormatError, match="cuts 2 of 3 examples"):
         data.prepare_examples(tokenizer, "System.", [short[0], late, late], 32)
+
+
+# --- Chat-template check, evaluation split ---------------------------------------------------------------------
+
+GOOD = [
+    Turn(user="Hi there, who are you?", assistant="I am Bob, your plumber."),
+    Turn(
+        user="And the price?",
+        assistant="A visit costs 80 dollars.",
+        history=[Exchange(user="Do you fix sinks?", assistant="Yes, every kind of sink.")],
+    ),
+]
+
+
+def test_template_check_passes_good_examples(tokenizer: Any) -> None:
+    report = data.check_chat_template(tokenizer, "You are Bob.", GOOD, 512)
+    assert report.ok and report.message() is None
+    assert report.end_of_turn == END_OF_TURN == data.end_of_turn_token(tokenizer)
+    assert report.template_sha256 == data.chat_template_sha256(tokenizer)
+
+
+def test_template_check_catches_a_template_without_end_of_turn(tokenizer: Any) -> None:
+    broken = copy.deepcopy(tokenizer)
+    # Assistant messages lose their <|im_end|>; the other roles keep theirs.
+    broken.chat_template = tokenizer.chat_template.replace(
+        "message['content'] + '<|im_end|>' + '\n'",
+        "message['content'] + ('' if message['role'] == 'assistant' else '<|im_end|>') + '\n'",
+    )
+    assert broken.chat_template != tokenizer.chat_template
+    report = data.check_chat_template(broken, "You are Bob.", GOOD, 512)
+    assert {(p.index, p.problem) for p in report.problems} == {(0, "no_end_of_turn"), (1, "no_end_of_turn")}
+    message = report.message()
+    assert message is not None and "end-of-turn token" in message and "(1, 2)" in message
+    assert "'<|im_end|>'" in message
+    assert report.template_sha256 != data.chat_template_sha256(tokenizer)
+
+
+def test_template_check_catches_an_answer_cut_by_max_seq_length(tokenizer: Any) -> None:
+    long_answer = " ".join(["The pipe under the sink needs a new washer."] * 6)
+    examples = [*GOOD, Turn(user="What is wrong?", assistant=long_answer)]
+    full_length = len(data.tokenize_conversation(tokenizer, "You are Bob.", examples[2:], 4096)["input_ids"])
+    report = data.check_chat_template(tokenizer, "You are Bob.", examples, full_length - 5)
+    assert [(p.index, p.problem) for p in report.problems] == [(2, "answer_truncated")]
+    message = report.message()
+    assert message is not None and "cut by max_seq_length" in message and "1 of 3 examples (3)" in message
+    # Cut before the answer starts: nothing left to learn from either.
+    report = data.check_chat_template(tokenizer, "You are Bob. " * 20, examples, 40)
+    assert {p.problem for p in report.problems} == {"answer_truncated", "empty_mask"}
+    assert data.check_chat_template(tokenizer, "You are Bob.", examples, full_length).ok
+
+
+def test_inference_prompt_is_the_training_prefix(tokenizer: Any) -> None:
+    """Test-chat renders with the very template training used: its prompt is the text before the answer."""
+    import inspect
+
+    from services.gpu import inference
+
+    assert "from services.gpu.data import render_prompt" in inspect.getsource(inference)
+    system, turn = "You are Bob.", GOOD[0]
+    training_text = tokenizer.apply_chat_template(data.build_messages(system, [turn]), tokenize=False)
+    prompt = data.render_prompt(tokenizer, system, turn.user)
+    assert training_text.startswith(prompt) and training_text[len(prompt) :].startswith(turn.assistant)
+    example = data.tokenize_conversation(tokenizer, system, [turn], 512)
+    first_label = next(i for i, label in enumerate(example["labels"]) if label != data.IGNORE_INDEX)
+    assert tokenizer.decode(example["input_ids"][:first_label]) == prompt
+
+
+def test_eval_split_is_deterministic_and_sized() -> None:
+    assert data.eval_split(9, 42) == (list(range(9)), [])
+    train, held = data.eval_split(12, 42)
+    assert len(held) == 3 and sorted(train + held) == list(range(12))
+    assert data.eval_split(12, 42) == (train, held) and data.eval_split(12, 7) != (train, held)
+    assert len(data.eval_split(10, 0)[1]) == 2 and len(data.eval_split(1000, 0)[1]) == data.MAX_EVAL_EXAMPLES

@@ -7,7 +7,15 @@ from pydantic import ValidationError
 
 from shared.schemas.events import is_terminal, parse_payload
 from shared.schemas.skills import SkillCreate
-from shared.schemas.training import PRESETS, Hyperparameters, Preset, TrainingConfigRequest
+from shared.schemas.training import (
+    PRESETS,
+    SMALL_SKILL_EXAMPLES,
+    SMALL_SKILL_PRESETS,
+    Hyperparameters,
+    Preset,
+    TrainingConfigRequest,
+    preset_values,
+)
 
 
 def test_spec_defaults_are_the_standard_preset() -> None:
@@ -19,8 +27,22 @@ def test_spec_defaults_are_the_standard_preset() -> None:
 
 
 def test_every_preset_has_values() -> None:
-    assert set(PRESETS) == set(Preset)
-    assert PRESETS[Preset.QUICK].epochs < PRESETS[Preset.STANDARD].epochs < PRESETS[Preset.DEEP].epochs
+    for table in (PRESETS, SMALL_SKILL_PRESETS):
+        assert set(table) == set(Preset)
+        assert table[Preset.QUICK].epochs < table[Preset.STANDARD].epochs < table[Preset.DEEP].epochs
+
+
+def test_presets_adapt_to_the_skill_size() -> None:
+    """Small skills train longer and at a higher rate (docs/presets.md); 100+ examples get the spec's defaults."""
+    large = TrainingConfigRequest().resolve(SMALL_SKILL_EXAMPLES)
+    assert large == PRESETS[Preset.STANDARD] == TrainingConfigRequest().resolve()
+    small = TrainingConfigRequest().resolve(12)
+    assert small == preset_values(Preset.STANDARD, 12) == SMALL_SKILL_PRESETS[Preset.STANDARD]
+    assert (small.epochs, small.learning_rate) == (8, 4e-4) and small.lora_r == large.lora_r
+    assert small.epochs > large.epochs and small.learning_rate > large.learning_rate
+    assert TrainingConfigRequest(preset=Preset.CUSTOM).resolve(12) == small
+    # An explicit value still wins over the size-adapted preset.
+    assert TrainingConfigRequest(epochs=3, learning_rate=2e-4).resolve(12).epochs == 3
 
 
 def test_overrides_lay_over_the_preset() -> None:
@@ -80,3 +102,8 @@ def test_terminal_events() -> None:
     assert is_terminal({"type": "status", "status": "cancelled"})
     assert not is_terminal({"type": "status", "status": "running"})
     assert not is_terminal({"type": "progress"})
+
+
+def test_packing_is_automatic_unless_set() -> None:
+    assert TrainingConfigRequest().resolve(12).packing is None, "unset: the trainer decides by skill size"
+    assert TrainingConfigRequest(packing=False).resolve(500).packing is False

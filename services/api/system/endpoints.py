@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from services.api.deps import StateDep
 from services.gpu.catalog import list_models
-from shared.schemas.training import PRESET_DESCRIPTIONS, PRESETS
+from shared.schemas.training import PRESET_DESCRIPTIONS, PRESETS, SMALL_SKILL_EXAMPLES, SMALL_SKILL_PRESETS
 
 router = APIRouter(prefix="/api", tags=["system"])
 
@@ -61,7 +61,18 @@ async def models() -> dict[str, Any]:
 async def presets() -> dict[str, Any]:
     return {
         "presets": [
-            {"id": preset.value, "description": PRESET_DESCRIPTIONS[preset], "hyperparameters": hp.model_dump()}
+            {
+                "id": preset.value,
+                "description": PRESET_DESCRIPTIONS[preset],
+                "hyperparameters": hp.model_dump(),
+                "small_skill_hyperparameters": SMALL_SKILL_PRESETS[preset].model_dump(),
+            }
             for preset, hp in PRESETS.items()
-        ]
+        ],
+        "small_skill_examples": SMALL_SKILL_EXAMPLES,
+        "note": (
+            f"`hyperparameters` apply to skills with {SMALL_SKILL_EXAMPLES} examples or more; smaller skills get "
+            "`small_skill_hyperparameters` (more epochs, higher learning rate: see docs/presets.md). Any field "
+            "given in the training request overrides the preset's value."
+        ),
     }

@@ -11,7 +11,15 @@ from services.api.deps import AfterCommitDep, SessionDep, SettingsDep
 from services.api.training import service
 from shared.db.models import JobStatus
 from shared.events import history
-from shared.schemas.jobs import JobCancelOut, JobList, JobStatusOut, StatsOut, TrainAccepted
+from shared.schemas.jobs import (
+    EstimateOut,
+    EstimateRequest,
+    JobCancelOut,
+    JobList,
+    JobStatusOut,
+    StatsOut,
+    TrainAccepted,
+)
 from shared.schemas.training import TrainRequest
 
 router = APIRouter(prefix="/api", tags=["training"])
@@ -34,6 +42,24 @@ async def train_skill(
     hyperparameters; any field given next to it overrides the preset's value."""
     request = body or TrainRequest()
     return await service.start_training(session, after_commit, settings, skill_id, request.config)
+
+
+@router.post(
+    "/skills/{skill_id}/estimate",
+    summary="Estimate a training run's time and cost",
+    responses={404: {"description": "No such skill."}, 422: {"description": "Unknown preset, model, backend or GPU."}},
+)
+async def estimate_training(
+    skill_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    body: Annotated[EstimateRequest | None, Body()] = None,
+) -> EstimateOut:
+    """Minutes and USD before training: the skill's tokens x epochs / the measured throughput of
+    that base model on that device (the median of its last 20 completed jobs, else a seeded
+    figure), plus startup overhead, times the device's configured price. POST /api/train-skill
+    returns the same estimate and stores it on the job."""
+    return await service.estimate_skill(session, settings, skill_id, body or EstimateRequest())
 
 
 @router.get("/training-status/{job_id}", summary="Status of a training job")

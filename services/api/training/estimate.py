@@ -1,75 +1,339 @@
 """Time and cost estimate for a training run, before it starts.
 
-tokens ≈ characters / 3.6 (the API cannot load tokenizers: it stays torch-free);
-minutes = tokens × epochs ÷ throughput(model, device) + startup overhead;
-cost = minutes × the device's price. Throughputs are seeded from measured runs
-on this project's reference machines (docs/benchmarks.md).
+    seconds = trained tokens ÷ throughput(model, device) + startup(model, device)
+    cost    = seconds × the device's price per hour
+
+- trained tokens: each example's tokens (the base model's real tokenizer when its
+  `tokenizer.json` is cached, else characters / 3.6), cut at max_seq_length, times the
+  epochs (or max_steps × effective batch examples). The API stays torch-free: the Rust
+  `tokenizers` library is enough.
+- throughput and startup: the median of the last `CALIBRATION_WINDOW` completed jobs
+  for that (base model, device) — the worker records both on every completed job —
+  else a seeded default (docs/estimates.md says where each seed comes from).
+- device: the local backend's device is the one its worker last reported (`cpu`
+  unless a job ran on `cuda`); Modal's is the GPU type, lower-cased (`a10g`, `t4`, ...).
+
+The estimated time is the wall time of the training run, from the trainer starting
+to the adapter being saved; time spent waiting in the queue is not included.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db.models import JobStatus, TrainingJob
 from shared.schemas.training import Hyperparameters
 
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+Backend = Literal["local", "modal"]
+Confidence = Literal["high", "medium", "low"]
+
 CHARS_PER_TOKEN = 3.6
-# Tokens per second for training, by (model, device); measured, see docs/benchmarks.md.
+HEURISTIC_OVERHEAD_PER_EXCHANGE = 12  # role markers and end-of-turn tokens, when no tokenizer is cached
+TOKENIZER_OVERHEAD_PER_MESSAGE = 5  # ChatML-style `<|im_start|>role\n ... <|im_end|>\n`
+EVAL_MIN_EXAMPLES, EVAL_SHARE, EVAL_MAX_EXAMPLES = 10, 0.2, 50  # the trainer's held-out split
+CALIBRATION_WINDOW = 20  # completed jobs in the rolling median
+HIGH_CONFIDENCE_JOBS = 3
+HIGH_CONFIDENCE_MAX_EXAMPLES = 100
+
+_LLAMA_8B = "unsloth/Meta-Llama-3.1-8B-Instruct-bnb-4bit"
+_LLAMA_3B = "unsloth/Llama-3.2-3B-Instruct-bnb-4bit"
+_MISTRAL_7B = "unsloth/mistral-7b-instruct-v0.3-bnb-4bit"
+_QWEN2_7B = "unsloth/Qwen2-7B-Instruct-bnb-4bit"
+
+# Seeded training throughput, tokens per second of optimizer steps, by (model, device).
+# CPU figures: measured on this project's 2-core reference machine (docs/estimates.md).
+# GPU figures: seeds from published Unsloth QLoRA numbers (8B on a free T4 Colab, A10G,
+# A100, H100), not measurements of ours; the first completed jobs replace them.
+_GPU_8B = {"t4": 350.0, "l4": 700.0, "a10g": 900.0, "a100": 3000.0, "a100-80gb": 3000.0, "h100": 5000.0}
+_SIZE_FACTOR = {_LLAMA_8B: 1.0, _LLAMA_3B: 2.2, _MISTRAL_7B: 1.1, _QWEN2_7B: 1.1}
 SEEDED_THROUGHPUT: dict[tuple[str, str], float] = {
-    ("tiny-random", "cpu"): 4000.0,
+    ("tiny-random", "cpu"): 250.0,
     ("smollm2-135m-instruct", "cpu"): 100.0,
+    **{(model, gpu): round(tps * factor) for model, factor in _SIZE_FACTOR.items() for gpu, tps in _GPU_8B.items()},
 }
-DEFAULT_THROUGHPUT = 100.0
-STARTUP_SECONDS: dict[str, float] = {"tiny-random": 8.0, "smollm2-135m-instruct": 15.0}
+DEFAULT_THROUGHPUT = 100.0  # an unseeded pair with no completed job: a pessimistic guess, confidence "low"
+
+# Seeded startup overhead, seconds: everything in a run that is not an optimizer step
+# (process start, imports, model load, data preparation, saving the adapter; on Modal
+# also the container start and loading the 4-bit weights from the Volume).
+SEEDED_STARTUP: dict[tuple[str, str], float] = {
+    ("tiny-random", "cpu"): 30.0,
+    ("smollm2-135m-instruct", "cpu"): 20.0,
+    **{(model, gpu): (60.0 if model == _LLAMA_3B else 90.0) for model in _SIZE_FACTOR for gpu in _GPU_8B},
+}
+DEFAULT_STARTUP_SECONDS = {"cpu": 30.0, "cuda": 30.0}
+DEFAULT_GPU_STARTUP_SECONDS = 90.0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Measurements of recent completed jobs for one (base model, device), newest first."""
+
+    throughputs: tuple[float, ...] = ()
+    startups: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
 class Estimate:
     minutes: float
     cost_usd: float
+    confidence: Confidence
     tokens: int
-    confidence: str
+    epochs: float
+    throughput_tokens_per_second: float
+    throughput_source: str
+    startup_seconds: float
+    backend: str
+    device: str
+    gpu_type: str | None
+    price_per_hour: float
+    examples: int
+    seconds: float
+    token_count: str = "heuristic"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def _example_chars(conversation: dict[str, Any]) -> tuple[int, int]:
-    """Characters of one example's messages (a multi-turn one's history included) and its exchanges."""
-    history = conversation.get("history") or []
-    chars = len(conversation["user"]) + len(conversation["assistant"])
-    chars += sum(len(h["user"]) + len(h["assistant"]) for h in history)
-    return chars, 1 + len(history)
+# -- pure maths ------------------------------------------------------------------
 
 
-def count_tokens(system_prompt: str, conversations: list[dict[str, Any]]) -> int:
-    """Approximate tokens of all examples as the trainer renders them."""
-    template_overhead = 12  # role markers and end-of-turn tokens per exchange
-    tokens = 0.0
-    for conversation in conversations:
-        chars, turns = _example_chars(conversation)
-        tokens += (len(system_prompt) + chars) / CHARS_PER_TOKEN + template_overhead * turns
-    return int(tokens)
+def median(values: Sequence[float]) -> float | None:
+    return float(statistics.median(values)) if values else None
 
 
-def estimate(
+def device_for(backend: str, gpu_type: str | None, local_device: str = "cpu") -> str:
+    """The calibration key of where a job runs: `cpu`/`cuda` locally, the GPU type on Modal."""
+    if backend == "modal":
+        return (gpu_type or "").strip().lower()
+    return local_device
+
+
+def device_of_backend(backend_device: str) -> str:
+    """A worker backend's `device` attribute (`cpu`, `cuda`, `modal:A10G`) as a calibration key."""
+    value = backend_device.strip().lower()
+    if value.startswith("modal:"):
+        return value.split(":", 1)[1]
+    return value.split(":", 1)[0]  # cuda:0 → cuda
+
+
+def throughput_for(base_model: str, device: str, calibration: Calibration) -> tuple[float, str]:
+    """(tokens/s, source): the rolling median of measured jobs, else the seed, else the default."""
+    measured = median(calibration.throughputs)
+    if measured is not None and measured > 0:
+        n = len(calibration.throughputs)
+        return measured, f"measured ({n} job{'s' if n != 1 else ''})"
+    seeded = SEEDED_THROUGHPUT.get((base_model, device))
+    if seeded is not None:
+        return seeded, "seeded"
+    return DEFAULT_THROUGHPUT, "default"
+
+
+def startup_for(base_model: str, device: str, calibration: Calibration) -> float:
+    measured = median(calibration.startups)
+    if measured is not None:
+        return measured
+    seeded = SEEDED_STARTUP.get((base_model, device))
+    if seeded is not None:
+        return seeded
+    return DEFAULT_STARTUP_SECONDS.get(device, DEFAULT_GPU_STARTUP_SECONDS)
+
+
+def confidence_for(jobs: int, examples: int, seeded: bool) -> Confidence:
+    if jobs >= HIGH_CONFIDENCE_JOBS and examples <= HIGH_CONFIDENCE_MAX_EXAMPLES:
+        return "high"
+    if jobs == 0 and not seeded:
+        return "low"
+    return "medium"
+
+
+def price_for(backend: str, gpu_type: str | None, gpu_prices: dict[str, float], local_price: float) -> float:
+    """USD per hour: the configured price of the GPU type on Modal (case-insensitive), the local one otherwise."""
+    if backend != "modal":
+        return local_price
+    wanted = (gpu_type or "").lower()
+    for name, price in gpu_prices.items():
+        if name.lower() == wanted:
+            return float(price)
+    raise KeyError(gpu_type)
+
+
+def train_examples(count: int) -> int:
+    """Examples the trainer trains on: it holds 20% (at least 2, at most 50) out for evaluation
+    from 10 examples up. Mirrors services/gpu/data.py `eval_split`, which the API cannot import."""
+    if count < EVAL_MIN_EXAMPLES:
+        return count
+    return count - min(max(2, math.ceil(EVAL_SHARE * count)), EVAL_MAX_EXAMPLES)
+
+
+def trained_tokens(example_tokens: Sequence[int], hyperparameters: Hyperparameters) -> tuple[int, float]:
+    """(tokens the trainer will see, epochs): the training share of the examples, each cut at
+    max_seq_length, times the epochs; with max_steps, times max_steps ÷ optimizer steps per epoch
+    (transformers: micro-batches // gradient accumulation, at least 1, the remainder joining the
+    epoch's last step)."""
+    capped = [min(t, hyperparameters.max_seq_length) for t in example_tokens]
+    if not capped:
+        return 0, float(hyperparameters.epochs)
+    train_count = train_examples(len(capped))
+    epoch_tokens = sum(capped) / len(capped) * train_count
+    epochs: float = float(hyperparameters.epochs)
+    if hyperparameters.max_steps is not None:
+        micro_batches = math.ceil(train_count / hyperparameters.batch_size)
+        steps_per_epoch = max(micro_batches // hyperparameters.gradient_accumulation_steps, 1)
+        epochs = hyperparameters.max_steps / steps_per_epoch
+    return round(epoch_tokens * epochs), round(epochs, 3)
+
+
+def compute(
     *,
     base_model: str,
-    system_prompt: str,
-    conversations: list[dict[str, Any]],
+    example_tokens: Sequence[int],
     hyperparameters: Hyperparameters,
-    device: str = "cpu",
-    price_per_hour: float = 0.0,
+    backend: str,
+    device: str,
+    gpu_type: str | None,
+    price_per_hour: float,
+    calibration: Calibration,
+    token_count: str = "heuristic",
 ) -> Estimate:
-    tokens = count_tokens(system_prompt, conversations)
-    per_example_cap = hyperparameters.max_seq_length * max(len(conversations), 1)
-    epoch_tokens = min(tokens, per_example_cap)
-    total_tokens = epoch_tokens * hyperparameters.epochs
-    if hyperparameters.max_steps is not None and conversations:
-        effective_batch = hyperparameters.batch_size * hyperparameters.gradient_accumulation_steps
-        steps_per_epoch = math.ceil(len(conversations) / effective_batch)
-        total_tokens = int(epoch_tokens * hyperparameters.max_steps / max(steps_per_epoch, 1))
-    throughput = SEEDED_THROUGHPUT.get((base_model, device), DEFAULT_THROUGHPUT)
-    seconds = total_tokens / throughput + STARTUP_SECONDS.get(base_model, 30.0)
-    minutes = round(seconds / 60.0, 2)
-    cost = round(seconds / 3600.0 * price_per_hour, 4)
-    confidence = "high" if (base_model, device) in SEEDED_THROUGHPUT and len(conversations) <= 100 else "medium"
-    return Estimate(minutes=minutes, cost_usd=cost, tokens=total_tokens, confidence=confidence)
+    tokens, epochs = trained_tokens(example_tokens, hyperparameters)
+    throughput, source = throughput_for(base_model, device, calibration)
+    startup = startup_for(base_model, device, calibration)
+    seconds = tokens / throughput + startup
+    seeded = (base_model, device) in SEEDED_THROUGHPUT
+    return Estimate(
+        minutes=round(seconds / 60.0, 2),
+        cost_usd=round(seconds / 3600.0 * price_per_hour, 4),
+        confidence=confidence_for(len(calibration.throughputs), len(example_tokens), seeded),
+        tokens=tokens,
+        epochs=epochs,
+        throughput_tokens_per_second=round(throughput, 1),
+        throughput_source=source,
+        startup_seconds=round(startup, 1),
+        backend=backend,
+        device=device,
+        gpu_type=gpu_type,
+        price_per_hour=price_per_hour,
+        examples=len(example_tokens),
+        seconds=round(seconds, 1),
+        token_count=token_count,
+    )
+
+
+def error_pct(estimated_seconds: float | None, actual_seconds: float) -> float | None:
+    """(estimated − actual) / actual × 100: positive when the estimate was too long."""
+    if estimated_seconds is None or actual_seconds <= 0:
+        return None
+    return round((estimated_seconds - actual_seconds) / actual_seconds * 100.0, 1)
+
+
+# -- token counting -----------------------------------------------------------------
+
+
+def _exchanges(conversation: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*(conversation.get("history") or []), conversation]
+
+
+def heuristic_tokens(system_prompt: str, conversation: dict[str, Any]) -> int:
+    """characters / 3.6 plus role markers: the fallback without a cached tokenizer."""
+    turns = _exchanges(conversation)
+    chars = len(system_prompt) + sum(len(str(t.get("user", ""))) + len(str(t.get("assistant", ""))) for t in turns)
+    return int(chars / CHARS_PER_TOKEN + HEURISTIC_OVERHEAD_PER_EXCHANGE * len(turns))
+
+
+@lru_cache(maxsize=8)
+def _tokenizer(path: str, mtime: float) -> Tokenizer:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(path)
+
+
+def _tokenizer_for(models_dir: Path | None, base_model: str) -> Tokenizer | None:
+    if models_dir is None:
+        return None
+    path = models_dir / base_model / "tokenizer.json"
+    if not path.is_file():
+        return None
+    try:
+        return _tokenizer(str(path), path.stat().st_mtime)
+    except Exception:  # an unreadable tokenizer: fall back to the heuristic
+        return None
+
+
+def count_example_tokens(
+    models_dir: Path | None, base_model: str, system_prompt: str, conversations: Sequence[dict[str, Any]]
+) -> tuple[list[int], str]:
+    """Tokens of each example as the trainer renders it, and how they were counted
+    (`tokenizer` or `heuristic`)."""
+    tokenizer = _tokenizer_for(models_dir, base_model)
+    if tokenizer is None:
+        return [heuristic_tokens(system_prompt, c) for c in conversations], "heuristic"
+    system = system_prompt.strip()
+    system_tokens = len(tokenizer.encode(system_prompt, add_special_tokens=False).ids) + TOKENIZER_OVERHEAD_PER_MESSAGE
+    texts: list[str] = []
+    owners: list[int] = []
+    for index, conversation in enumerate(conversations):
+        for turn in _exchanges(conversation):
+            texts.extend((str(turn.get("user", "")), str(turn.get("assistant", ""))))
+            owners.extend((index, index))
+    counts = [system_tokens if system else 0 for _ in conversations]
+    for owner, encoding in zip(owners, tokenizer.encode_batch(texts, add_special_tokens=False), strict=True):
+        counts[owner] += len(encoding.ids) + TOKENIZER_OVERHEAD_PER_MESSAGE
+    return counts, "tokenizer"
+
+
+def count_tokens(system_prompt: str, conversations: Sequence[dict[str, Any]]) -> int:
+    """Approximate tokens of all examples (the heuristic), for callers without a model cache."""
+    return sum(heuristic_tokens(system_prompt, c) for c in conversations)
+
+
+# -- calibration from completed jobs --------------------------------------------------
+
+
+async def calibration(session: AsyncSession, base_model: str, device: str) -> Calibration:
+    """Throughput and startup of the last CALIBRATION_WINDOW completed jobs of (model, device)."""
+    rows = (
+        await session.execute(
+            select(TrainingJob.tokens_per_second, TrainingJob.startup_seconds)
+            .where(
+                TrainingJob.status == JobStatus.COMPLETED.value,
+                TrainingJob.device == device,
+                TrainingJob.config["base_model"].astext == base_model,
+                TrainingJob.tokens_per_second.is_not(None),
+                TrainingJob.tokens_per_second > 0,
+            )
+            .order_by(TrainingJob.completed_at.desc())
+            .limit(CALIBRATION_WINDOW)
+        )
+    ).all()
+    return Calibration(
+        throughputs=tuple(float(r.tokens_per_second) for r in rows),
+        startups=tuple(float(r.startup_seconds) for r in rows if r.startup_seconds is not None),
+    )
+
+
+async def local_device(session: AsyncSession) -> str:
+    """The device local workers last reported on a completed job; `cpu` before any."""
+    device = await session.scalar(
+        select(TrainingJob.device)
+        .where(
+            TrainingJob.status == JobStatus.COMPLETED.value,
+            TrainingJob.backend == "local",
+            TrainingJob.device.is_not(None),
+        )
+        .order_by(TrainingJob.completed_at.desc())
+        .limit(1)
+    )
+    return device or "cpu"

@@ -14,20 +14,30 @@ from services.api.deps import AfterCommit
 from services.api.errors import Conflict, NotFound, Unprocessable
 from services.api.skills.service import get_skill
 from services.api.skills.validation import MIN_EXAMPLES, validate_examples
-from services.api.training.estimate import estimate
-from services.api.training.lengths import length_warning
-from services.gpu.catalog import get_model, local_model_ids
+from services.api.training import estimate as estimates
+from services.api.training.lengths import length_warning, template_problems
+from services.gpu.catalog import get_model, local_model_ids, model_ids
 from shared.db.models import ACTIVE_JOB_STATUSES, Adapter, JobStatus, Skill, TrainingJob, TrainingLog
 from shared.events import record_event
-from shared.schemas.jobs import JobCancelOut, JobStatusOut, JobSummary, MetricPoint, StatsOut, TrainAccepted
-from shared.schemas.training import TrainingConfigRequest
+from shared.schemas.jobs import (
+    EstimateOut,
+    EstimateRequest,
+    JobCancelOut,
+    JobStatusOut,
+    JobSummary,
+    MetricPoint,
+    StatsOut,
+    TrainAccepted,
+)
+from shared.schemas.training import Hyperparameters, TrainingConfigRequest
 from shared.settings import Settings
 
 RUN_TRAINING = "run_training"
 
 
-def _validate_base_model(base_model: str) -> None:
-    allowed = local_model_ids()
+def _validate_base_model(base_model: str, backend: str = "local") -> None:
+    """Local workers load the local models only; Modal loads every catalog model."""
+    allowed = model_ids() if backend == "modal" else local_model_ids()
     try:
         info = get_model(base_model)
     except Exception:
@@ -38,6 +48,75 @@ def _validate_base_model(base_model: str) -> None:
             details={"field": "config.base_model", "allowed": allowed},
             code="invalid_base_model",
         )
+
+
+def _gpu_type(settings: Settings, backend: str, gpu_type: str | None) -> str | None:
+    """The configured spelling of a Modal GPU type (case-insensitive); None on the local backend."""
+    if backend != "modal":
+        if gpu_type is not None:
+            raise Unprocessable(
+                "gpu_type: only the modal backend has GPU types; the local backend uses its worker's device.",
+                details={"field": "gpu_type", "allowed": []},
+                code="invalid_gpu_type",
+            )
+        return None
+    wanted = gpu_type or settings.modal_gpu
+    allowed = list(settings.modal_gpu_prices)
+    for name in allowed:
+        if name.lower() == wanted.lower():
+            return name
+    raise Unprocessable(
+        f"gpu_type: '{wanted}' has no configured price; allowed: {', '.join(allowed)}.",
+        details={"field": "gpu_type", "allowed": allowed},
+        suggestions=["Add its price to FASTBRAIN_MODAL_GPU_PRICES to use another GPU type."],
+        code="invalid_gpu_type",
+    )
+
+
+async def compute_estimate(
+    session: AsyncSession,
+    settings: Settings,
+    skill: Skill,
+    base_model: str,
+    hyperparameters: Hyperparameters,
+    backend: str,
+    gpu_type: str | None,
+) -> estimates.Estimate:
+    """The one estimate both POST /api/skills/{id}/estimate and POST /api/train-skill give."""
+    device = estimates.device_for(backend, gpu_type, await estimates.local_device(session))
+    example_tokens, token_count = await asyncio.to_thread(
+        estimates.count_example_tokens, settings.models_dir, base_model, skill.system_prompt, skill.training_data
+    )
+    try:
+        price = estimates.price_for(backend, gpu_type, settings.modal_gpu_prices, settings.local_price_per_hour)
+    except KeyError:
+        price = 0.0
+    return estimates.compute(
+        base_model=base_model,
+        example_tokens=example_tokens,
+        hyperparameters=hyperparameters,
+        backend=backend,
+        device=device,
+        gpu_type=gpu_type,
+        price_per_hour=price,
+        calibration=await estimates.calibration(session, base_model, device),
+        token_count=token_count,
+    )
+
+
+async def estimate_skill(
+    session: AsyncSession, settings: Settings, skill_id: str, request: EstimateRequest
+) -> EstimateOut:
+    skill = await get_skill(session, skill_id)
+    config = request.config or TrainingConfigRequest()
+    if request.preset is not None:
+        config = config.model_copy(update={"preset": request.preset})
+    backend = request.backend or settings.gpu_backend
+    _validate_base_model(config.base_model, backend)
+    gpu_type = _gpu_type(settings, backend, request.gpu_type)
+    hyperparameters = config.resolve(len(skill.training_data))
+    result = await compute_estimate(session, settings, skill, config.base_model, hyperparameters, backend, gpu_type)
+    return EstimateOut.model_validate(result.as_dict())
 
 
 async def _active_job(session: AsyncSession, skill_id: str) -> uuid.UUID | None:
@@ -63,7 +142,7 @@ async def start_training(
     config: TrainingConfigRequest,
 ) -> TrainAccepted:
     skill = await get_skill(session, skill_id, for_update=True)
-    _validate_base_model(config.base_model)
+    _validate_base_model(config.base_model, settings.gpu_backend)
     if not skill.training_data:
         raise Unprocessable(
             f"Skill '{skill_id}' has no example conversations to train on.",
@@ -95,7 +174,7 @@ async def start_training(
     if existing is not None:
         raise _already_training(skill_id, existing)
 
-    hyperparameters = config.resolve()
+    hyperparameters = config.resolve(len(skill.training_data))
     warnings = list(report.warnings)
     too_long = await asyncio.to_thread(
         length_warning,
@@ -107,14 +186,28 @@ async def start_training(
     )
     if too_long:
         warnings.append(too_long)
-    guess = estimate(
-        base_model=config.base_model,
-        system_prompt=skill.system_prompt,
-        conversations=skill.training_data,
-        hyperparameters=hyperparameters,
-        price_per_hour=settings.modal_price_per_hour
-        if settings.gpu_backend == "modal"
-        else settings.local_price_per_hour,
+    broken = await asyncio.to_thread(
+        template_problems,
+        settings.models_dir,
+        config.base_model,
+        skill.system_prompt,
+        skill.training_data,
+        hyperparameters.max_seq_length,
+    )
+    if broken:
+        raise Unprocessable(
+            f"Chat template check failed for {config.base_model}: {broken}.",
+            details={"base_model": config.base_model, "max_seq_length": hyperparameters.max_seq_length},
+            suggestions=[
+                "Raise config.max_seq_length or shorten the examples and system prompt.",
+                "Training on a cut answer or one without the end-of-turn token teaches the model not to stop.",
+            ],
+            code="template_check_failed",
+        )
+    # The worker's configured GPU, priced or not (an unpriced one costs 0, as the Modal backend bills it).
+    gpu_type = settings.modal_gpu if settings.gpu_backend == "modal" else None
+    guess = await compute_estimate(
+        session, settings, skill, config.base_model, hyperparameters, settings.gpu_backend, gpu_type
     )
     job = TrainingJob(
         skill_id=skill_id,
@@ -123,6 +216,7 @@ async def start_training(
             "preset": config.preset.value,
             "base_model": config.base_model,
             "hyperparameters": hyperparameters.model_dump(),
+            "estimate": guess.as_dict(),
         },
         dataset={"system_prompt": skill.system_prompt, "conversations": skill.training_data},
         total_epochs=hyperparameters.epochs,
@@ -155,6 +249,7 @@ async def start_training(
         estimated_time_minutes=guess.minutes,
         stream_url=f"/api/training-stream/{job.id}",
         warnings=warnings,
+        estimate=EstimateOut.model_validate(guess.as_dict()),
     )
 
 
@@ -190,6 +285,15 @@ async def job_status(session: AsyncSession, job_id: uuid.UUID) -> JobStatusOut:
         cost_usd=job.cost_usd,
         estimated_cost=job.estimated_cost,
         estimated_time_minutes=job.estimated_time_minutes,
+        device=job.device,
+        tokens_trained=job.tokens_trained,
+        tokens_per_second=job.tokens_per_second,
+        startup_seconds=job.startup_seconds,
+        estimate_error_pct=job.estimate_error_pct,
+        eval_loss_before=job.eval_loss_before,
+        eval_loss_after=job.eval_loss_after,
+        eval_examples=job.eval_examples,
+        improvement_pct=job.improvement_pct,
         error_message=job.error_message,
         error_details=job.error_details,
         recovery_attempts=job.recovery_attempts,
