@@ -70,10 +70,10 @@ def test_trained_tokens_follow_the_trainer() -> None:
     hp = Hyperparameters(epochs=3, batch_size=2, gradient_accumulation_steps=4, max_seq_length=64)
     # under 10 examples: no held-out split; each example cut at max_seq_length
     assert est.trained_tokens([100, 10, 10, 10], hp) == (((64 + 30) * 3), 3.0)
-    # 12 examples: 3 held out, 9 trained; 5 micro-batches // 4 = 1 step per epoch
+    # 12 examples: 3 held out, 9 trained; 5 micro-batches / 4, rounded up = 2 steps per epoch
     steps = hp.model_copy(update={"max_steps": 4})
     tokens, epochs = est.trained_tokens([40] * 12, steps)
-    assert (tokens, epochs) == (40 * 9 * 4, 4.0)
+    assert (tokens, epochs) == (40 * 9 * 2, 2.0)
     assert est.train_examples(100) == 80 and est.train_examples(1000) == 950 and est.train_examples(9) == 9
     assert est.trained_tokens([], hp) == (0, 3.0)
 

@@ -181,8 +181,8 @@ def train_examples(count: int) -> int:
 def trained_tokens(example_tokens: Sequence[int], hyperparameters: Hyperparameters) -> tuple[int, float]:
     """(tokens the trainer will see, epochs): the training share of the examples, each cut at
     max_seq_length, times the epochs; with max_steps, times max_steps ÷ optimizer steps per epoch
-    (transformers: micro-batches // gradient accumulation, at least 1, the remainder joining the
-    epoch's last step)."""
+    (transformers: micro-batches ÷ gradient accumulation, rounded up: a partial accumulation at the
+    end of an epoch is a step of its own)."""
     capped = [min(t, hyperparameters.max_seq_length) for t in example_tokens]
     if not capped:
         return 0, float(hyperparameters.epochs)
@@ -191,7 +191,7 @@ def trained_tokens(example_tokens: Sequence[int], hyperparameters: Hyperparamete
     epochs: float = float(hyperparameters.epochs)
     if hyperparameters.max_steps is not None:
         micro_batches = math.ceil(train_count / hyperparameters.batch_size)
-        steps_per_epoch = max(micro_batches // hyperparameters.gradient_accumulation_steps, 1)
+        steps_per_epoch = max(math.ceil(micro_batches / hyperparameters.gradient_accumulation_steps), 1)
         epochs = hyperparameters.max_steps / steps_per_epoch
     return round(epoch_tokens * epochs), round(epochs, 3)
 
