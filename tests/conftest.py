@@ -262,3 +262,13 @@ async def wait_for_status(
             return body
         await asyncio.sleep(0.3)
     raise AssertionError(f"job {job_id} never reached {statuses}; last: {body}")
+
+
+async def create_skill(
+    http: httpx.AsyncClient, skill_id: str, n: int = 12, system_prompt: str = "You are terse."
+) -> None:
+    """A skill with `n` distinct example conversations, through the API."""
+    body = {"skill_id": skill_id, "name": skill_id, "system_prompt": system_prompt}
+    body["conversations"] = demo_conversations(n)
+    response = await http.post("/api/skills", json=body)
+    assert response.status_code == 201, response.text

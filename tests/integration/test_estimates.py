@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import ServiceProcess, demo_conversations, wait_for_status
+from tests.conftest import ServiceProcess, create_skill, wait_for_status
 
 SKILL_ID = "estimate-skill"
 CONFIG = {"preset": "quick", "base_model": "tiny-random", "max_steps": 4, "max_seq_length": 128}
@@ -14,19 +14,6 @@ CALIBRATION_JOBS = 3
 # on a busy 2-core machine; measured -12 %..+9 % (docs/estimates.md). 35 % leaves room
 # for a slow neighbour without letting a broken calibration (seed vs measured) through.
 CALIBRATED_TOLERANCE_PCT = 35.0
-
-
-async def _skill(http: httpx.AsyncClient, n: int = 12) -> None:
-    response = await http.post(
-        "/api/skills",
-        json={
-            "skill_id": SKILL_ID,
-            "name": "Est",
-            "system_prompt": "You are terse.",
-            "conversations": demo_conversations(n),
-        },
-    )
-    assert response.status_code == 201, response.text
 
 
 async def _train(http: httpx.AsyncClient) -> dict:
@@ -39,7 +26,7 @@ async def _train(http: httpx.AsyncClient) -> dict:
 
 
 async def test_estimate_calibrates_on_completed_jobs(client: httpx.AsyncClient, worker: ServiceProcess) -> None:
-    await _skill(client)
+    await create_skill(client, SKILL_ID)
     seeded = (await client.post(f"/api/skills/{SKILL_ID}/estimate", json={"config": CONFIG})).json()
     assert seeded["throughput_source"] == "seeded", seeded
     assert seeded["device"] == "cpu" and seeded["backend"] == "local" and seeded["examples"] == 12
@@ -81,7 +68,7 @@ async def test_estimate_calibrates_on_completed_jobs(client: httpx.AsyncClient, 
 async def test_estimate_validation(client: httpx.AsyncClient) -> None:
     missing = await client.post("/api/skills/nope/estimate", json={})
     assert missing.status_code == 404
-    await _skill(client)
+    await create_skill(client, SKILL_ID)
     url = f"/api/skills/{SKILL_ID}/estimate"
 
     bad_preset = await client.post(url, json={"preset": "turbo"})

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.db.models import Adapter
 from shared.settings import Settings
-from tests.conftest import Stack, demo_conversations, wait_for_status
+from tests.conftest import Stack, create_skill, demo_conversations, wait_for_status
 from tests.integration.test_training_e2e import collect_stream, ws_url
 
 TINY = {"preset": "quick", "base_model": "tiny-random", "max_seq_length": 128}
@@ -29,17 +29,6 @@ FAST_RECOVERY = {
     "FASTBRAIN_REAPER_INTERVAL_SECONDS": "1",
     "FASTBRAIN_NETWORK_BACKOFF_SECONDS": "0.1",
 }
-
-
-async def _skill(http: httpx.AsyncClient, skill_id: str, n: int = 10) -> None:
-    body = {
-        "skill_id": skill_id,
-        "name": skill_id,
-        "system_prompt": "Be brief.",
-        "conversations": demo_conversations(n),
-    }
-    response = await http.post("/api/skills", json=body)
-    assert response.status_code == 201, response.text
 
 
 async def _train(http: httpx.AsyncClient, skill_id: str, **config: Any) -> str:
@@ -73,7 +62,7 @@ async def test_oom_recovers_by_halving_batch_with_same_effective_batch(
 ) -> None:
     stack, http = stack_client
     stack.start_worker()
-    await _skill(http, "oom-skill")
+    await create_skill(http, "oom-skill", n=10, system_prompt="Be brief.")
     job_id = await _train(http, "oom-skill", batch_size=4, gradient_accumulation_steps=1, max_steps=3)
     events = await collect_stream(ws_url(stack.url, job_id))
     assert events[-1]["type"] == "complete", events[-1]
@@ -100,7 +89,7 @@ async def test_oom_recovers_by_halving_batch_with_same_effective_batch(
 async def test_network_errors_are_retried_with_backoff(stack_client: tuple[Stack, httpx.AsyncClient]) -> None:
     stack, http = stack_client
     stack.start_worker()
-    await _skill(http, "net-skill")
+    await create_skill(http, "net-skill", n=10, system_prompt="Be brief.")
     job_id = await _train(http, "net-skill", max_steps=2)
     events = await collect_stream(ws_url(stack.url, job_id))
     assert events[-1]["type"] == "complete"
@@ -116,7 +105,7 @@ async def test_network_gives_up_after_three_retries_with_guidance(
 ) -> None:
     stack, http = stack_client
     stack.start_worker()
-    await _skill(http, "net-fail")
+    await create_skill(http, "net-fail", n=10, system_prompt="Be brief.")
     job_id = await _train(http, "net-fail", max_steps=2)
     events = await collect_stream(ws_url(stack.url, job_id))
     final = events[-1]
@@ -137,7 +126,7 @@ async def test_cancel_running_job_stops_within_five_seconds(
 ) -> None:
     stack, http = stack_client
     stack.start_worker()
-    await _skill(http, "cancel-run")
+    await create_skill(http, "cancel-run", n=10, system_prompt="Be brief.")
     job_id = await _train(http, "cancel-run", max_steps=200)
     status = await wait_for_status(http, job_id, {"running"}, timeout=60)
     while status["current_step"] < 2:
@@ -161,7 +150,7 @@ async def test_cancel_running_job_stops_within_five_seconds(
 
 async def test_cancel_queued_job_never_starts(stack_client: tuple[Stack, httpx.AsyncClient]) -> None:
     stack, http = stack_client  # no worker yet: the job waits in the queue
-    await _skill(http, "cancel-queued")
+    await create_skill(http, "cancel-queued", n=10, system_prompt="Be brief.")
     job_id = await _train(http, "cancel-queued", max_steps=2)
     response = await http.post(f"/api/training-jobs/{job_id}/cancel")
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
@@ -181,7 +170,7 @@ async def test_killed_worker_job_resumes_from_checkpoint_on_another_worker(
 ) -> None:
     stack, http = stack_client
     first = stack.start_worker()
-    await _skill(http, "resume-skill", n=10)
+    await create_skill(http, "resume-skill", n=10, system_prompt="Be brief.")
     job_id = await _train(http, "resume-skill", max_steps=24, batch_size=1, gradient_accumulation_steps=1)
     checkpoints = stack.settings.adapters_dir / "resume-skill" / ".checkpoints" / job_id
     deadline = time.monotonic() + 120

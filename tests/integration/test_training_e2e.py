@@ -16,7 +16,7 @@ import pytest
 import websockets
 
 from shared.settings import Settings
-from tests.conftest import ServiceProcess, demo_conversations, wait_for_status
+from tests.conftest import ServiceProcess, create_skill, wait_for_status
 
 SKILL_ID = "e2e-skill"
 TINY = {
@@ -27,19 +27,6 @@ TINY = {
     "gradient_accumulation_steps": 1,
     "max_seq_length": 128,
 }
-
-
-async def create_skill(http: httpx.AsyncClient, skill_id: str = SKILL_ID, n: int = 12) -> None:
-    response = await http.post(
-        "/api/skills",
-        json={
-            "skill_id": skill_id,
-            "name": "E2E",
-            "system_prompt": "You are terse.",
-            "conversations": demo_conversations(n),
-        },
-    )
-    assert response.status_code == 201, response.text
 
 
 async def collect_stream(url: str, after_seq: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
@@ -59,7 +46,7 @@ def ws_url(api_url: str, job_id: str) -> str:
 async def test_train_stream_and_chat(
     client: httpx.AsyncClient, api_url: str, worker: ServiceProcess, migrated: Settings
 ) -> None:
-    await create_skill(client)
+    await create_skill(client, SKILL_ID)
     posted_at = time.monotonic()
     started = await client.post(f"/api/train-skill/{SKILL_ID}", json={"config": TINY})
     assert started.status_code == 202, started.text
@@ -126,7 +113,7 @@ async def test_train_stream_and_chat(
 async def test_versions_activate_and_delete(
     client: httpx.AsyncClient, api_url: str, worker: ServiceProcess, migrated: Settings
 ) -> None:
-    await create_skill(client, n=10)
+    await create_skill(client, SKILL_ID, n=10)
     tiny = {**TINY, "max_steps": 2}
     for _ in range(2):
         job = (await client.post(f"/api/train-skill/{SKILL_ID}", json={"config": tiny})).json()
@@ -150,7 +137,7 @@ async def test_versions_activate_and_delete(
 
 
 async def test_test_adapter_without_training_is_404(client: httpx.AsyncClient) -> None:
-    await create_skill(client, n=1)
+    await create_skill(client, SKILL_ID, n=1)
     response = await client.post(f"/api/test-adapter/{SKILL_ID}", json={"prompt": "hi"})
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "no_adapter"
