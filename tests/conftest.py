@@ -108,13 +108,24 @@ def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return create_sessionmaker(engine)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cleanup_queues(settings: Settings) -> Iterator[None]:
+    """Whatever ran, leave no queue of this session behind on the shared Redis
+    (arq's per-job keys expire on their own)."""
+    yield
+    import redis as redis_sync
+
+    client = redis_sync.Redis.from_url(str(settings.redis_url))
+    keys = list(client.scan_iter(match=f"{settings.queue_name}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
 @pytest.fixture(scope="session")
 async def redis(settings: Settings) -> AsyncIterator[Redis]:
     client: Redis = Redis.from_url(str(settings.redis_url))
     yield client
-    keys = [k async for k in client.scan_iter(match=f"{settings.queue_name}*")]
-    if keys:
-        await client.delete(*keys)
     await client.aclose()
 
 
