@@ -1,4 +1,5 @@
-"""The reaper: running jobs whose worker stopped heartbeating go back to the queue.
+"""The reaper: running jobs whose worker stopped heartbeating go back to the queue,
+and queued jobs whose arq job never reached Redis are sent again.
 
 Runs as an arq cron on every worker. `FOR UPDATE SKIP LOCKED` lets several
 workers reap at once without taking the same job twice; the requeue gives the
@@ -12,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from sqlalchemy import func, select, update
 
 from services.worker import store
@@ -108,4 +110,31 @@ async def reap_stale_jobs(ctx: WorkerContext) -> int:
     await publish(ctx["redis"], events)
     if stale:
         log.warning("reaped_stale_jobs", requeued=len(requeued), ended=len(stale) - len(requeued))
-    return len(stale)
+    return len(stale) + await redeliver_lost_queued(ctx)
+
+
+async def redeliver_lost_queued(ctx: WorkerContext) -> int:
+    """Queued jobs whose arq job is not in Redis (the API committed the row, then Redis
+    failed before the enqueue, or Redis lost its data) are enqueued again under their id.
+
+    Jobs younger than the stale threshold are left alone: their enqueue may be in flight.
+    """
+    settings = ctx["settings"]
+    redis = ctx["redis"]
+    cutoff = datetime.now(UTC) - timedelta(seconds=settings.heartbeat_stale_seconds)
+    async with ctx["sessionmaker"]() as session:
+        rows = (
+            await session.execute(
+                select(TrainingJob.id, TrainingJob.arq_job_id).where(
+                    TrainingJob.status == JobStatus.QUEUED.value, TrainingJob.created_at < cutoff
+                )
+            )
+        ).all()
+    sent = 0
+    for job_id, arq_job_id in rows:
+        if not arq_job_id or await redis.exists(job_key_prefix + arq_job_id, in_progress_key_prefix + arq_job_id):
+            continue
+        if await redis.enqueue_job(RUN_TRAINING, str(job_id), _job_id=arq_job_id, _queue_name=settings.queue_name):
+            sent += 1
+            log.warning("redelivered_queued_job", job_id=str(job_id), arq_job_id=arq_job_id)
+    return sent

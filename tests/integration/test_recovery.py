@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -238,3 +239,21 @@ async def test_data_error_fails_fast_with_guidance(stack_client: tuple[Stack, ht
     assert details["user_message"] == "Training data format issue detected."
     assert details["suggestions"] and [a["action"] for a in details["attempts"]] == ["none"]
     assert "max_seq_length" in details["message"] or "cut" in details["message"] or "truncat" in details["message"]
+
+
+async def test_queued_job_whose_enqueue_was_lost_is_redelivered(
+    stack_client: tuple[Stack, httpx.AsyncClient],
+) -> None:
+    stack, http = stack_client  # no worker yet
+    await create_skill(http, "lost-enqueue", n=10)
+    job_id = await _train(http, "lost-enqueue", max_steps=2)
+    # Redis loses the arq job (as if it failed between the API's commit and its enqueue).
+    client = Redis.from_url(str(stack.settings.redis_url))
+    arq_id = f"train:{job_id}:1"
+    assert await client.delete(f"arq:job:{arq_id}") == 1
+    assert await client.zrem(stack.settings.queue_name, arq_id) == 1
+    await client.aclose()
+    await asyncio.sleep(3.5)  # older than the stale threshold (3 s here)
+    stack.start_worker()
+    status = await wait_for_status(http, job_id, {"completed", "failed"}, timeout=120)
+    assert status["status"] == "completed", status
