@@ -108,3 +108,12 @@ def test_token_counting_prefers_the_tokenizer(tmp_path: Path) -> None:
         pytest.skip("no cached tiny-random tokenizer")
     counts, how = est.count_example_tokens(models, "tiny-random", "You are terse.", conversations)
     assert how == "tokenizer" and 20 < counts[0] < 40  # ChatML render: 29 tokens
+
+
+def test_estimate_mirrors_the_trainers_held_out_split() -> None:
+    """The API cannot import services/gpu, so estimate.py copies the split rule; keep them equal."""
+    from services.gpu.data import eval_split
+
+    for count in (0, 1, 9, 10, 11, 12, 37, 99, 100, 249, 250, 251, 1000, 5000):
+        train, _ = eval_split(count, seed=42)
+        assert est.train_examples(count) == len(train), count
