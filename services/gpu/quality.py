@@ -175,17 +175,12 @@ def recommendations(
     return advice
 
 
-def _messages(system_prompt: str, conversation: dict[str, Any]) -> list[dict[str, str]]:
-    messages = [{"role": "system", "content": system_prompt}]
-    for turn in [*conversation.get("history", []), conversation]:
-        messages += [{"role": "user", "content": turn["user"]}, {"role": "assistant", "content": turn["assistant"]}]
-    return messages
-
-
 def token_counts(tokenizer: Any, system_prompt: str, conversations: Sequence[dict[str, Any]]) -> list[int]:
     """Tokens of each example as the trainer renders it (the model's chat template)."""
+    from services.gpu.data import build_messages
+
     return [
-        len(tokenizer.apply_chat_template(_messages(system_prompt, c), tokenize=True, return_dict=False))
+        len(tokenizer.apply_chat_template(build_messages(system_prompt, [c]), tokenize=True, return_dict=False))
         for c in conversations
     ]
 

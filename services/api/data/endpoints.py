@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from services.api.deps import StateDep
-from services.api.errors import ApiError, GatewayTimeout, Unavailable, Unprocessable
+from services.api.errors import ApiError, GatewayTimeout, Unavailable
 from services.api.skills.service import get_skill
-from services.gpu.catalog import local_model_ids
+from services.api.training.service import validate_base_model
 from shared.schemas.training import DEFAULT_BASE_MODEL
 
 router = APIRouter(prefix="/api", tags=["data"])
@@ -34,13 +34,8 @@ async def data_report(
     clusters; exact and near-duplicate pairs (indices into the skill's examples);
     a 1-5 star score from the spec's thresholds; and recommendations such as
     "Add 38 more examples for optimal results"."""
-    allowed = local_model_ids()
-    if base_model not in allowed:
-        raise Unprocessable(
-            f"base_model: '{base_model}' is not available here; allowed: {', '.join(allowed)}.",
-            details={"field": "base_model", "allowed": allowed},
-            code="invalid_base_model",
-        )
+    # The report runs on a local worker: its tokenizer must be a local model's.
+    validate_base_model(base_model, field="base_model")
     async with state.sessionmaker() as session:
         skill = await get_skill(session, skill_id)
         request = {

@@ -16,7 +16,7 @@ from services.api.skills.service import get_skill
 from services.api.skills.validation import MIN_EXAMPLES, validate_examples
 from services.api.training import estimate as estimates
 from services.api.training.lengths import length_warning, template_problems
-from services.gpu.catalog import get_model, local_model_ids, model_ids
+from services.gpu.catalog import local_model_ids, model_ids
 from shared.db.models import ACTIVE_JOB_STATUSES, Adapter, JobStatus, Skill, TrainingJob, TrainingLog
 from shared.events import record_event
 from shared.schemas.jobs import (
@@ -35,17 +35,13 @@ from shared.settings import Settings
 RUN_TRAINING = "run_training"
 
 
-def _validate_base_model(base_model: str, backend: str = "local") -> None:
+def validate_base_model(base_model: str, backend: str = "local", field: str = "config.base_model") -> None:
     """Local workers load the local models only; Modal loads every catalog model."""
     allowed = model_ids() if backend == "modal" else local_model_ids()
-    try:
-        info = get_model(base_model)
-    except Exception:
-        info = None
-    if info is None or base_model not in allowed:
+    if base_model not in allowed:
         raise Unprocessable(
-            f"config.base_model: '{base_model}' is not available on this backend; allowed: {', '.join(allowed)}.",
-            details={"field": "config.base_model", "allowed": allowed},
+            f"{field}: '{base_model}' is not available on this backend; allowed: {', '.join(allowed)}.",
+            details={"field": field, "allowed": allowed},
             code="invalid_base_model",
         )
 
@@ -112,7 +108,7 @@ async def estimate_skill(
     if request.preset is not None:
         config = config.model_copy(update={"preset": request.preset})
     backend = request.backend or settings.gpu_backend
-    _validate_base_model(config.base_model, backend)
+    validate_base_model(config.base_model, backend)
     gpu_type = _gpu_type(settings, backend, request.gpu_type)
     hyperparameters = config.resolve(len(skill.training_data))
     result = await compute_estimate(session, settings, skill, config.base_model, hyperparameters, backend, gpu_type)
@@ -142,7 +138,7 @@ async def start_training(
     config: TrainingConfigRequest,
 ) -> TrainAccepted:
     skill = await get_skill(session, skill_id, for_update=True)
-    _validate_base_model(config.base_model, settings.gpu_backend)
+    validate_base_model(config.base_model, settings.gpu_backend)
     if not skill.training_data:
         raise Unprocessable(
             f"Skill '{skill_id}' has no example conversations to train on.",
