@@ -5,18 +5,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
+from pathlib import Path
 
 from arq import create_pool
 from arq.connections import RedisSettings
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from services.api.adapters.endpoints import router as adapters_router
 from services.api.data.endpoints import router as data_router
 from services.api.deps import AppState
-from services.api.errors import install_error_handlers
+from services.api.errors import Unavailable, install_error_handlers
 from services.api.skills.endpoints import router as skills_router
 from services.api.streams.endpoints import router as streams_router
 from services.api.system.endpoints import router as system_router
@@ -25,6 +26,8 @@ from shared.db.engine import create_engine, create_sessionmaker
 from shared.settings import Settings
 
 SWAGGER_ASSETS = str(files("fastapi_offline") / "static")
+# The dashboard SPA, built from services/api/dashboard/ (sources) into dist/ (committed).
+DASHBOARD = Path(__file__).parent / "dashboard" / "dist"
 DESCRIPTION = """Fast Brain turns a *skill* (a system prompt plus example conversations)
 into a LoRA adapter: create a skill, start training, follow it live over the
 WebSocket, then chat with the adapter. Errors use one shape:
@@ -72,8 +75,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in routers:
         app.include_router(router)
 
-    @app.get("/", include_in_schema=False)
-    async def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
-
+    mount_dashboard(app)
     return app
+
+
+def mount_dashboard(app: FastAPI) -> None:
+    """The SPA at `/` (hash-routed, so one page), its hashed assets cached for good."""
+    if (DASHBOARD / "assets").is_dir():
+        app.mount("/assets", StaticFiles(directory=DASHBOARD / "assets"), name="dashboard-assets")
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        index = DASHBOARD / "index.html"
+        if not index.is_file():
+            raise Unavailable(
+                "The dashboard is not built.", suggestions=["Run scripts/build_dashboard.sh, or use the API at /docs."]
+            )
+        return FileResponse(index, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/favicon.svg", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(DASHBOARD / "favicon.svg", media_type="image/svg+xml")

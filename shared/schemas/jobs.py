@@ -89,6 +89,7 @@ class JobList(BaseModel):
 class JobStatusOut(BaseModel):
     job_id: uuid.UUID
     skill_id: str
+    skill_name: str | None = None
     status: str
     progress: float
     current_step: int
@@ -119,6 +120,7 @@ class JobStatusOut(BaseModel):
     config: dict[str, Any]
     attempt: int
     adapter_id: uuid.UUID | None
+    training_examples: int | None = Field(None, description="The skill's examples when it trained, held-out ones included.")
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None

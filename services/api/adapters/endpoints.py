@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from pathlib import Path
 
 from arq.jobs import Job
 from fastapi import APIRouter
+from fastapi.responses import FileResponse
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.background import BackgroundTask
 
-from services.api.adapters import service
+from services.api.adapters import export, service
 from services.api.deps import AfterCommitDep, SessionDep, StateDep
-from services.api.errors import ApiError, GatewayTimeout, NotFound, Unavailable
+from services.api.errors import ApiError, Conflict, GatewayTimeout, NotFound, Unavailable
 from services.api.skills.service import get_skill
 from shared.db.models import Adapter
 from shared.schemas.jobs import AdapterList, AdapterOut, Deleted, TestAdapterRequest, TestAdapterResponse
@@ -54,6 +58,49 @@ async def get_adapter(adapter_id: uuid.UUID, session: SessionDep) -> AdapterOut:
 @router.post("/adapters/{adapter_id}/activate", summary="Make this version the skill's active adapter")
 async def activate_adapter(adapter_id: uuid.UUID, session: SessionDep) -> AdapterOut:
     return service.to_out(await service.activate(session, adapter_id))
+
+
+@router.get(
+    "/adapters/{adapter_id}/export",
+    summary="Download an adapter as .tar.gz",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/gzip": {}}, "description": "The adapter folder and fastbrain.json"}},
+)
+async def export_adapter(adapter_id: uuid.UUID, session: SessionDep) -> FileResponse:
+    """The adapter's PEFT files (`adapter_config.json`, `adapter_model.safetensors`,
+    tokenizer files) in a folder `<skill>-v<version>/`, with `fastbrain.json`: the
+    base model, the skill's system prompt and the training settings. Load it with
+    `PeftModel.from_pretrained(base_model, folder)`."""
+    adapter = await service.get_adapter(session, adapter_id)
+    skill = await get_skill(session, adapter.skill_id)
+    folder = Path(adapter.storage_path)
+    if not folder.is_dir():
+        raise Conflict(
+            f"Adapter v{adapter.version} of '{adapter.skill_id}' has no files on this server ({folder}).",
+            suggestions=["Adapters trained on Modal live in its Volume: download them with `modal volume get`."],
+            code="export_unavailable",
+        )
+    name = export.archive_name(adapter.skill_id, adapter.version)
+    manifest = {
+        "format": "peft-lora",
+        "skill_id": skill.id,
+        "skill_name": skill.name,
+        "system_prompt": skill.system_prompt,
+        "version": adapter.version,
+        "base_model": adapter.base_model,
+        "lora_config": adapter.lora_config,
+        "final_loss": adapter.final_loss,
+        "training_examples": adapter.training_examples,
+        "training_job_id": adapter.training_job_id,
+        "created_at": adapter.created_at,
+    }
+    archive = await asyncio.to_thread(export.write_archive, folder, name, manifest)
+    return FileResponse(
+        archive,
+        media_type="application/gzip",
+        filename=f"{name}.tar.gz",
+        background=BackgroundTask(archive.unlink, missing_ok=True),
+    )
 
 
 @router.delete("/adapters/{adapter_id}", summary="Delete an adapter (row and files)")

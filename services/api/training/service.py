@@ -263,10 +263,16 @@ async def job_status(session: AsyncSession, job_id: uuid.UUID) -> JobStatusOut:
         .where(TrainingLog.job_id == job_id, TrainingLog.event_type == "progress")
         .order_by(TrainingLog.seq)
     )
-    adapter_id = await session.scalar(select(Adapter.id).where(Adapter.training_job_id == job_id))
+    adapter = (
+        await session.execute(
+            select(Adapter.id, Adapter.training_examples).where(Adapter.training_job_id == job_id)
+        )
+    ).first()
+    skill_name = await session.scalar(select(Skill.name).where(Skill.id == job.skill_id))
     return JobStatusOut(
         job_id=job.id,
         skill_id=job.skill_id,
+        skill_name=skill_name,
         status=job.status,
         progress=job.progress,
         current_step=job.current_step,
@@ -296,7 +302,8 @@ async def job_status(session: AsyncSession, job_id: uuid.UUID) -> JobStatusOut:
         cancel_requested=job.cancel_requested_at is not None,
         config=job.config,
         attempt=job.attempt,
-        adapter_id=adapter_id,
+        adapter_id=adapter.id if adapter else None,
+        training_examples=adapter.training_examples if adapter else None,
         created_at=job.created_at,
         started_at=job.started_at,
         completed_at=job.completed_at,

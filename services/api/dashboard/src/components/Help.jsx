@@ -1,0 +1,16 @@
+// A "?" that explains a setting in plain words, on hover and on keyboard focus.
+let counter = 0;
+
+export function Help({ text, label = "What is this?" }) {
+  const id = `help-${++counter}`;
+  return (
+    <span class="help">
+      <button type="button" class="help-button" aria-label={label} aria-describedby={id}>
+        ?
+      </button>
+      <span role="tooltip" id={id} class="help-tip">
+        {text}
+      </span>
+    </span>
+  );
+}

@@ -1,0 +1,53 @@
+// Follows a job's event stream over the WebSocket. A dropped connection is
+// reopened with ?after_seq=<last seq seen>, and events at or below that seq are
+// ignored, so the listener sees every event exactly once and in order.
+import { streamUrl } from "./api.js";
+
+const TERMINAL_STATUSES = new Set(["completed", "failed", "cancelled"]);
+
+export function isTerminal(event) {
+  if (event.type === "complete") return true;
+  if (event.type === "error") return event.final !== false;
+  return event.type === "status" && TERMINAL_STATUSES.has(event.status);
+}
+
+export function followJob(jobId, { onEvent, onConnection }) {
+  let lastSeq = 0;
+  let socket = null;
+  let stopped = false;
+  let finished = false;
+  let retry = 0;
+  let timer = null;
+
+  function open() {
+    onConnection(retry ? "reconnecting" : "connecting");
+    socket = new WebSocket(streamUrl(jobId, lastSeq));
+    socket.onopen = () => {
+      retry = 0;
+      onConnection("live");
+    };
+    socket.onmessage = (message) => {
+      const event = JSON.parse(message.data);
+      if (event.seq != null) {
+        if (event.seq <= lastSeq) return;
+        lastSeq = event.seq;
+      }
+      if (isTerminal(event)) finished = true;
+      onEvent(event);
+    };
+    socket.onclose = () => {
+      if (stopped) return;
+      if (finished) return onConnection("closed");
+      retry += 1;
+      onConnection("reconnecting");
+      timer = setTimeout(open, Math.min(5000, 250 * 2 ** Math.min(retry, 5)));
+    };
+  }
+
+  open();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+    socket?.close();
+  };
+}

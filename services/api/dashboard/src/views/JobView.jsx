@@ -1,0 +1,291 @@
+// One training run, live: progress, charts and log while it runs; then the
+// completion view, the error panel, or the cancelled notice.
+import { useEffect, useReducer, useState } from "preact/hooks";
+import { api } from "../api.js";
+import { Chart } from "../components/Chart.jsx";
+import { ErrorNote } from "../components/ErrorNote.jsx";
+import { TestChat } from "../components/TestChat.jsx";
+import { clock, duration, loss, lossChange, money } from "../format.js";
+import { navigate } from "../router.js";
+import { followJob } from "../stream.js";
+
+const initial = { log: [], lossPoints: [], lrPoints: [], progress: null, status: null, terminal: null };
+
+function reduce(state, event) {
+  if (event.type === "reset") return initial;
+  const next = { ...state };
+  const line = (text, icon = "") => ({ seq: event.seq, ts: event.ts, icon, text, level: event.level });
+  if (event.type === "progress") {
+    next.progress = event;
+    if (event.loss != null) next.lossPoints = [...state.lossPoints, [event.step, event.loss]];
+    if (event.learning_rate != null) next.lrPoints = [...state.lrPoints, [event.step, event.learning_rate]];
+    const text = `Step ${event.step}/${event.total_steps}: loss=${loss(event.loss)}`;
+    next.log = [...state.log, line(event.loss != null ? text : `Step ${event.step}/${event.total_steps}`, "")];
+  } else if (event.type === "log") {
+    next.log = [...state.log, line(event.message, event.level === "warning" ? "⚠️" : event.level === "error" ? "✗" : "✓")];
+  } else if (event.type === "status") {
+    next.status = event.status;
+    next.log = [...state.log, line(event.message || `Status: ${event.status}`, "→")];
+  } else if (event.type === "complete") {
+    next.status = "completed";
+    next.log = [...state.log, line(`Training complete: final loss ${loss(event.final_loss)}`, "â")];
+  } else if (event.type === "error") {
+    const recovering = event.final === false;
+    const text = recovering ? `${event.user_message || event.message} → ${event.recovery || "retrying"}` : event.user_message || event.message;
+    next.log = [...state.log, line(text, recovering ? "↻" : "✗")];
+    if (!recovering) next.status = "failed";
+  }
+  return next;
+}
+
+export function JobView({ jobId }) {
+  const [job, setJob] = useState(null);
+  const [error, setError] = useState(null);
+  const [state, dispatch] = useReducer(reduce, initial);
+  const [connection, setConnection] = useState("connecting");
+  const [cleared, setCleared] = useState(0);
+
+  const refresh = () =>
+    api(`/api/training-status/${jobId}`)
+      .then(setJob)
+      .catch(setError);
+
+  useEffect(() => {
+    dispatch({ type: "reset" });
+    refresh();
+    return followJob(jobId, { onEvent: dispatch, onConnection: setConnection });
+  }, [jobId]);
+
+  // The final figures (cost, held-out loss, adapter) are on the job row: read it once the stream ends.
+  const status = state.status || job?.status;
+  const terminal = ["completed", "failed", "cancelled"].includes(status);
+  useEffect(() => {
+    if (terminal) refresh();
+  }, [terminal]);
+
+  if (error) return <main><ErrorNote error={error} /></main>;
+  if (!job) return <main><p class="muted">Loading…</p></main>;
+  const done = terminal && ["completed", "failed", "cancelled"].includes(job.status);
+  const skillName = job.skill_name || job.skill_id;
+
+  return (
+    <main data-status={done ? job.status : status}>
+      {done && job.status === "completed" && <Complete job={job} skillName={skillName} />}
+      {done && job.status === "failed" && <ErrorPanel job={job} />}
+      {done && job.status === "cancelled" && <Cancelled job={job} />}
+      {!done && <Running job={job} state={state} status={status} connection={connection} />}
+      <div class="columns">
+        <Chart title="Training loss" testId="loss-chart" points={state.lossPoints} color="#4f46e5" format={(v) => v.toFixed(2)} />
+        <Chart title="Learning rate" testId="lr-chart" points={state.lrPoints} color="#0d9488" format={(v) => v.toExponential(0)} />
+      </div>
+      <section class="card" aria-labelledby="log-title">
+        <div class="page-head">
+          <h2 id="log-title">Training log</h2>
+          <button type="button" onClick={() => setCleared(state.log.length)}>
+            Clear
+          </button>
+        </div>
+        <ol class="log" aria-live="polite" data-testid="log">
+          {state.log.slice(cleared).map((entry) => (
+            <li key={entry.seq} data-seq={entry.seq}>
+              <time>{clock(entry.ts)}</time> <span aria-hidden="true">{entry.icon}</span> {entry.text}
+            </li>
+          ))}
+        </ol>
+      </section>
+    </main>
+  );
+}
+
+function Running({ job, state, status, connection }) {
+  const [cancelling, setCancelling] = useState(false);
+  const [error, setError] = useState(null);
+  const p = state.progress;
+  const percent = Math.round(p?.progress ?? job.progress ?? 0);
+
+  async function cancel() {
+    setCancelling(true);
+    try {
+      await api(`/api/training-jobs/${job.job_id}/cancel`, { method: "POST" });
+    } catch (e) {
+      setError(e);
+      setCancelling(false);
+    }
+  }
+
+  return (
+    <>
+      <div class="page-head">
+        <h1>Training: {job.skill_name || job.skill_id}</h1>
+        <button type="button" class="danger" onClick={cancel} disabled={cancelling}>
+          {cancelling ? "Cancelling…" : "Cancel"}
+        </button>
+      </div>
+      <ErrorNote error={error} />
+      <section class="card">
+        <p>
+          Status: <strong data-testid="job-status">{statusText(status)}</strong>{" "}
+          <span class={`connection ${connection}`} role="status">
+            {connection === "live" ? "● live" : connection === "reconnecting" ? "○ reconnecting…" : ""}
+          </span>
+        </p>
+        <div
+          class="bar"
+          role="progressbar"
+          aria-label="Training progress"
+          aria-valuemin="0"
+          aria-valuemax="100"
+          aria-valuenow={percent}
+        >
+          <div style={{ width: `${percent}%` }} />
+          <span>{percent}%</span>
+        </div>
+        <p class="muted">
+          Step {p?.step ?? job.current_step}/{p?.total_steps ?? job.total_steps ?? "?"} • Epoch{" "}
+          {Math.ceil(p?.epoch ?? job.current_epoch ?? 0) || 1}/{p?.total_epochs ?? job.total_epochs ?? "?"} • ETA:{" "}
+          {p?.eta_seconds != null ? duration(p.eta_seconds) : job.estimated_time_minutes ? `~${duration(job.estimated_time_minutes * 60)}` : "–"}
+        </p>
+      </section>
+    </>
+  );
+}
+
+function statusText(status) {
+  return (
+    { pending: "Waiting", queued: "Queued, waiting for a worker", running: "Training in progress", completed: "Completed" }[
+      status
+    ] || status
+  );
+}
+
+function Complete({ job, skillName }) {
+  const heldOut = lossChange(job.eval_loss_before, job.eval_loss_after);
+  const training = lossChange(job.initial_loss, job.final_loss);
+  const examples = job.training_examples;
+  return (
+    <>
+      <h1>Training Complete: {skillName}</h1>
+      <section class="card banner success" data-testid="complete">
+        <h2>Success!</h2>
+        <dl class="stats">
+          <div>
+            <dt>Final loss</dt>
+            <dd>{loss(job.final_loss)}</dd>
+          </div>
+          <div>
+            <dt>Training time</dt>
+            <dd>{duration(job.training_time_seconds)}</dd>
+          </div>
+          <div>
+            <dt>Examples</dt>
+            <dd>{examples ?? "–"}</dd>
+          </div>
+          <div>
+            <dt>Cost</dt>
+            <dd>{money(job.cost_usd)}</dd>
+          </div>
+        </dl>
+        <div class="improvement">
+          {heldOut && (
+            <p data-testid="improvement">
+              Improvement: {heldOut} on {job.eval_examples} held-out examples the adapter never trained on
+            </p>
+          )}
+          {training && <p>{heldOut ? "Training loss: " : "Improvement: "}{training}</p>}
+        </div>
+      </section>
+      {job.adapter_id && <TestChat skillId={job.skill_id} skillName={skillName} />}
+      <div class="actions card">
+        <a class="button" href={`#/train/${job.skill_id}`}>
+          Train Again
+        </a>
+        {job.adapter_id && (
+          <a class="button" href={`/api/adapters/${job.adapter_id}/export`} download>
+            Export
+          </a>
+        )}
+        <a class="button" href="#/skills">
+          Back to Skills
+        </a>
+      </div>
+    </>
+  );
+}
+
+function ErrorPanel({ job }) {
+  const details = job.error_details || {};
+  const attempts = job.recovery_attempts || details.attempts || [];
+  const [error, setError] = useState(null);
+
+  async function retry() {
+    setError(null);
+    try {
+      const accepted = await api(`/api/train-skill/${job.skill_id}`, { method: "POST", body: { config: job.config } });
+      navigate(`/jobs/${accepted.job_id}`);
+    } catch (e) {
+      setError(e);
+    }
+  }
+
+  return (
+    <>
+      <h1>Training: {job.skill_name || job.skill_id}</h1>
+      <section class="card banner failure" role="alert" data-testid="error-panel">
+        <h2>⚠️ Training issue detected</h2>
+        <h3>What happened</h3>
+        <p>{details.user_message || job.error_message}</p>
+        {details.message && <p class="muted small">Details: {details.message}</p>}
+        <h3>What we tried</h3>
+        {attempts.length === 0 ? (
+          <p>Nothing automatic: this kind of problem needs a change from you.</p>
+        ) : (
+          <ul class="attempts">
+            {attempts.map((a, i) => (
+              <li key={i}>
+                {a.succeeded ? "✓" : "✗"} {a.message}
+              </li>
+            ))}
+          </ul>
+        )}
+        <h3>Recommended actions</h3>
+        <ul>
+          {(details.suggestions || []).map((s) => (
+            <li key={s}>{s}</li>
+          ))}
+        </ul>
+        <ErrorNote error={error} title="Could not retry." />
+        <div class="actions">
+          <button type="button" class="primary" onClick={retry}>
+            Retry
+          </button>
+          <a class="button" href={`#/train/${job.skill_id}?from=${job.job_id}`}>
+            Adjust Settings
+          </a>
+          <a class="button" href="#/skills">
+            Back to Skills
+          </a>
+        </div>
+      </section>
+    </>
+  );
+}
+
+function Cancelled({ job }) {
+  return (
+    <>
+      <h1>Training: {job.skill_name || job.skill_id}</h1>
+      <section class="card banner" data-testid="cancelled">
+        <h2>Training cancelled</h2>
+        <p>No adapter was saved. {job.error_details?.suggestions?.[0] || ""}</p>
+        <div class="actions">
+          <a class="button primary" href={`#/train/${job.skill_id}`}>
+            Train Again
+          </a>
+          <a class="button" href="#/skills">
+            Back to Skills
+          </a>
+        </div>
+      </section>
+    </>
+  );
+}
