@@ -4,4 +4,10 @@
 # embedded ones (see tests/conftest.py). Extra arguments go to pytest.
 set -euo pipefail
 source "$(dirname "$0")/scripts/bootstrap.sh"
+# The dashboard's browser tests drive Debian's Chromium (Playwright downloads no browser).
+if [ ! -x /usr/bin/chromium ]; then
+  echo "Installing Chromium for the dashboard tests..." >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+fi
 exec .venv/bin/python -m pytest "$@"

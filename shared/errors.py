@@ -74,7 +74,7 @@ CATALOGUE: dict[ErrorCategory, CategoryInfo] = {
     ),
     ErrorCategory.NETWORK_ERROR: CategoryInfo(
         Severity.RECOVERABLE,
-        "Network connection issue. Retrying...",
+        "A network connection failed.",
         ("Check the machine's network connection", "Try again in a few minutes"),
         frozenset(
             {

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from services.gpu.catalog import require_loadable
+from services.gpu.imports import ensure_ml_stack
 from shared.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -134,6 +135,7 @@ def generate(
     """The model's answer to `prompt` (deterministic; stops at end of turn)."""
     import torch
 
+    ensure_ml_stack()
     with _lock:
         model, tokenizer = _get(models_dir, base_model, adapter_dir, device)
         inputs = _encode(model, tokenizer, system_prompt, prompt)
@@ -155,6 +157,8 @@ def iter_generate(
 ) -> Iterator[str]:
     """Like `generate`, streaming text pieces as they are produced. Closing it stops generation."""
     import torch
+
+    ensure_ml_stack()
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
     cancelled = threading.Event()

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from services.gpu.imports import ensure_ml_stack
+
 # The spec's data-quality guidelines: (minimum, recommended, excellent).
 EXAMPLE_THRESHOLDS = (10, 50, 500)
 TOKEN_THRESHOLDS = (50, 200, 1000)
@@ -195,6 +197,7 @@ def build_report(
 ) -> dict[str, Any]:
     from services.gpu.models import load_tokenizer
 
+    ensure_ml_stack()
     started = time.perf_counter()
     tokenizer = load_tokenizer(base_model, models_dir)
     counts = token_counts(tokenizer, system_prompt, conversations)

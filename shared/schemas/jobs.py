@@ -120,7 +120,9 @@ class JobStatusOut(BaseModel):
     config: dict[str, Any]
     attempt: int
     adapter_id: uuid.UUID | None
-    training_examples: int | None = Field(None, description="The skill's examples when it trained, held-out ones included.")
+    training_examples: int | None = Field(
+        None, description="The skill's examples when it trained, held-out ones included."
+    )
     created_at: datetime
     started_at: datetime | None
     completed_at: datetime | None

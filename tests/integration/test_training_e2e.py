@@ -6,7 +6,10 @@ Real API server, real worker process, real PostgreSQL/Redis, real training
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -127,13 +130,41 @@ async def test_versions_activate_and_delete(
     adapters = (await client.get("/api/adapters", params={"skill_id": SKILL_ID})).json()["adapters"]
     assert [(a["version"], a["is_active"]) for a in adapters] == [(2, False), (1, True)]
 
+    await check_export(client, v1, adapters[0])
+
     deleted = await client.delete(f"/api/adapters/{v1['id']}")
     assert deleted.json() == {"success": True, "message": "Adapter deleted"}
+    assert (await client.get(f"/api/adapters/{v1['id']}/export")).status_code == 404
     assert not Path(v1["storage_path"]).exists()
     adapters = (await client.get("/api/adapters", params={"skill_id": SKILL_ID})).json()["adapters"]
     assert [(a["version"], a["is_active"]) for a in adapters] == [(2, True)], "newest remaining becomes active"
     missing = await client.delete(f"/api/adapters/{v1['id']}")
     assert missing.status_code == 404
+
+
+async def check_export(client: httpx.AsyncClient, adapter: dict[str, Any], other: dict[str, Any]) -> None:
+    """The export holds the PEFT files and a manifest, and leaves no temporary file behind."""
+    leftovers = set(Path(tempfile.gettempdir()).glob("fastbrain-export-*"))
+    response = await client.get(f"/api/adapters/{adapter['id']}/export")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/gzip"
+    assert 'filename="e2e-skill-v1.tar.gz"' in response.headers["content-disposition"]
+    with tarfile.open(fileobj=io.BytesIO(response.content)) as tar:
+        names = set(tar.getnames())
+        manifest = json.loads(tar.extractfile("e2e-skill-v1/fastbrain.json").read())  # type: ignore[union-attr]
+    assert {"e2e-skill-v1/adapter_config.json", "e2e-skill-v1/adapter_model.safetensors"} <= names
+    assert manifest["version"] == 1 and manifest["base_model"] == "tiny-random"
+    assert manifest["system_prompt"] == "You are terse." and manifest["lora_config"]["r"] == 8
+    assert set(Path(tempfile.gettempdir()).glob("fastbrain-export-*")) <= leftovers
+
+    # An adapter whose files are gone (say, on a Modal Volume) cannot be exported: a clear 409.
+    folder = Path(other["storage_path"])
+    folder.rename(folder.with_name("moved"))
+    try:
+        missing = await client.get(f"/api/adapters/{other['id']}/export")
+    finally:
+        folder.with_name("moved").rename(folder)
+    assert missing.status_code == 409 and missing.json()["error"]["code"] == "export_unavailable"
 
 
 async def test_test_adapter_without_training_is_404(client: httpx.AsyncClient) -> None:

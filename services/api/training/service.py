@@ -264,9 +264,7 @@ async def job_status(session: AsyncSession, job_id: uuid.UUID) -> JobStatusOut:
         .order_by(TrainingLog.seq)
     )
     adapter = (
-        await session.execute(
-            select(Adapter.id, Adapter.training_examples).where(Adapter.training_job_id == job_id)
-        )
+        await session.execute(select(Adapter.id, Adapter.training_examples).where(Adapter.training_job_id == job_id))
     ).first()
     skill_name = await session.scalar(select(Skill.name).where(Skill.id == job.skill_id))
     return JobStatusOut(

@@ -51,7 +51,10 @@ export function stars(n) {
 // "Loss decreased 45% (3.37 → 1.85)", or increased.
 export function lossChange(before, after) {
   if (before == null || after == null || before <= 0) return null;
-  const pct = Math.round(((before - after) / before) * 100);
+  const pct = ((before - after) / before) * 100;
   const verb = pct >= 0 ? "decreased" : "increased";
-  return `Loss ${verb} ${Math.abs(pct)}% (${before.toFixed(2)} → ${after.toFixed(2)})`;
+  const size = Math.abs(pct);
+  // Small changes keep a decimal: "0.4%" says more than "0%".
+  const shown = size >= 10 ? Math.round(size) : size.toFixed(1);
+  return `Loss ${verb} ${shown}% (${before.toFixed(2)} → ${after.toFixed(2)})`;
 }

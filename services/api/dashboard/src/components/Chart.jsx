@@ -8,7 +8,8 @@ export function Chart({ title, points, color, format = (v) => v, testId }) {
   const plot = useRef(null);
 
   useEffect(() => {
-    const width = () => Math.max(200, box.current.clientWidth);
+    const element = box.current; // refs are cleared before cleanup runs; keep the element itself
+    const width = () => Math.max(200, element.clientWidth);
     plot.current = new uPlot(
       {
         width: width(),
@@ -23,10 +24,10 @@ export function Chart({ title, points, color, format = (v) => v, testId }) {
         series: [{}, { label: title, stroke: color, width: 2, points: { show: true, size: 5, fill: color } }],
       },
       [[], []],
-      box.current,
+      element,
     );
     const observer = new ResizeObserver(() => plot.current.setSize({ width: width(), height: 180 }));
-    observer.observe(box.current);
+    observer.observe(element);
     return () => {
       observer.disconnect();
       plot.current.destroy();

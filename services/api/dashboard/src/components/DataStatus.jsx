@@ -9,7 +9,7 @@ export function DataStatus({ skillId, baseModel, version, actions }) {
   const [error, setError] = useState(null);
 
   useEffect(() => {
-    if (!skillId) return;
+    if (!skillId || baseModel === null) return; // null: the caller has not chosen a model yet
     let live = true;
     setError(null);
     const query = baseModel ? `?base_model=${encodeURIComponent(baseModel)}` : "";

@@ -29,7 +29,7 @@ export function TestChat({ skillId, skillName, adapterId, adapterVersion, sugges
   }
 
   return (
-    <section class="chat" aria-label="Test chat">
+    <section class="card chat" aria-label="Test chat">
       <h3>Test your trained skill{adapterVersion ? ` (v${adapterVersion})` : ""}</h3>
       <ol class="chat-log" aria-live="polite">
         {turns.map((turn, i) => (

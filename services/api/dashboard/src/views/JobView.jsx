@@ -1,6 +1,6 @@
 // One training run, live: progress, charts and log while it runs; then the
 // completion view, the error panel, or the cancelled notice.
-import { useEffect, useReducer, useState } from "preact/hooks";
+import { useEffect, useReducer, useRef, useState } from "preact/hooks";
 import { api } from "../api.js";
 import { Chart } from "../components/Chart.jsx";
 import { ErrorNote } from "../components/ErrorNote.jsx";
@@ -28,7 +28,7 @@ function reduce(state, event) {
     next.log = [...state.log, line(event.message || `Status: ${event.status}`, "→")];
   } else if (event.type === "complete") {
     next.status = "completed";
-    next.log = [...state.log, line(`Training complete: final loss ${loss(event.final_loss)}`, "â")];
+    next.log = [...state.log, line(`Training complete: final loss ${loss(event.final_loss)}`, "✓")];
   } else if (event.type === "error") {
     const recovering = event.final === false;
     const text = recovering ? `${event.user_message || event.message} → ${event.recovery || "retrying"}` : event.user_message || event.message;
@@ -43,7 +43,6 @@ export function JobView({ jobId }) {
   const [error, setError] = useState(null);
   const [state, dispatch] = useReducer(reduce, initial);
   const [connection, setConnection] = useState("connecting");
-  const [cleared, setCleared] = useState(0);
 
   const refresh = () =>
     api(`/api/training-status/${jobId}`)
@@ -73,35 +72,53 @@ export function JobView({ jobId }) {
       {done && job.status === "completed" && <Complete job={job} skillName={skillName} />}
       {done && job.status === "failed" && <ErrorPanel job={job} />}
       {done && job.status === "cancelled" && <Cancelled job={job} />}
-      {!done && <Running job={job} state={state} status={status} connection={connection} />}
-      <div class="columns">
-        <Chart title="Training loss" testId="loss-chart" points={state.lossPoints} color="#4f46e5" format={(v) => v.toFixed(2)} />
-        <Chart title="Learning rate" testId="lr-chart" points={state.lrPoints} color="#0d9488" format={(v) => v.toExponential(0)} />
-      </div>
-      <section class="card" aria-labelledby="log-title">
-        <div class="page-head">
-          <h2 id="log-title">Training log</h2>
-          <button type="button" onClick={() => setCleared(state.log.length)}>
-            Clear
-          </button>
-        </div>
-        <ol class="log" aria-live="polite" data-testid="log">
-          {state.log.slice(cleared).map((entry) => (
-            <li key={entry.seq} data-seq={entry.seq}>
-              <time>{clock(entry.ts)}</time> <span aria-hidden="true">{entry.icon}</span> {entry.text}
-            </li>
-          ))}
-        </ol>
-      </section>
+      {!done && <RunningHeader job={job} />}
+      {/* A run that failed or was cancelled before its first step has no progress to show. */}
+      {(!done || state.lossPoints.length > 0) && (
+        <>
+          <ProgressCard job={job} state={state} status={done ? job.status : status} connection={connection} />
+          <div class="columns">
+            <Chart title="Training loss" testId="loss-chart" points={state.lossPoints} color="#4f46e5" format={(v) => v.toFixed(2)} />
+            <Chart title="Learning rate" testId="lr-chart" points={state.lrPoints} color="#0d9488" format={(v) => v.toExponential(0)} />
+          </div>
+        </>
+      )}
+      <Log entries={state.log} />
     </main>
   );
 }
 
-function Running({ job, state, status, connection }) {
+function Log({ entries }) {
+  const [cleared, setCleared] = useState(0);
+  const list = useRef(null);
+  const shown = entries.slice(cleared);
+  // Follow new lines, unless the reader has scrolled up to look at older ones.
+  useEffect(() => {
+    const el = list.current;
+    if (el && el.scrollHeight - el.scrollTop - el.clientHeight < 80) el.scrollTop = el.scrollHeight;
+  }, [entries.length]);
+  return (
+    <section class="card" aria-labelledby="log-title">
+      <div class="page-head">
+        <h2 id="log-title">Training log</h2>
+        <button type="button" onClick={() => setCleared(entries.length)}>
+          Clear
+        </button>
+      </div>
+      <ol class="log" ref={list} tabIndex={0} aria-label="Training log lines" data-testid="log">
+        {shown.map((entry) => (
+          <li key={entry.seq} data-seq={entry.seq}>
+            <time>{clock(entry.ts)}</time> <span aria-hidden="true">{entry.icon}</span> {entry.text}
+          </li>
+        ))}
+      </ol>
+    </section>
+  );
+}
+
+function RunningHeader({ job }) {
   const [cancelling, setCancelling] = useState(false);
   const [error, setError] = useState(null);
-  const p = state.progress;
-  const percent = Math.round(p?.progress ?? job.progress ?? 0);
 
   async function cancel() {
     setCancelling(true);
@@ -117,42 +134,53 @@ function Running({ job, state, status, connection }) {
     <>
       <div class="page-head">
         <h1>Training: {job.skill_name || job.skill_id}</h1>
-        <button type="button" class="danger" onClick={cancel} disabled={cancelling}>
+        <button type="button" class="danger" onClick={cancel} disabled={cancelling || job.cancel_requested}>
           {cancelling ? "Cancelling…" : "Cancel"}
         </button>
       </div>
       <ErrorNote error={error} />
-      <section class="card">
-        <p>
-          Status: <strong data-testid="job-status">{statusText(status)}</strong>{" "}
+    </>
+  );
+}
+
+function ProgressCard({ job, state, status, connection }) {
+  const p = state.progress;
+  const percent = Math.round(status === "completed" ? 100 : (p?.progress ?? job.progress ?? 0));
+  const eta = p?.eta_seconds ?? job.eta_seconds;
+  const running = !["completed", "failed", "cancelled"].includes(status);
+  return (
+    <section class="card" aria-label="Progress">
+      <p>
+        Status: <strong data-testid="job-status">{statusText(status)}</strong>{" "}
+        {running && (
           <span class={`connection ${connection}`} role="status">
             {connection === "live" ? "● live" : connection === "reconnecting" ? "○ reconnecting…" : ""}
           </span>
-        </p>
-        <div
-          class="bar"
-          role="progressbar"
-          aria-label="Training progress"
-          aria-valuemin="0"
-          aria-valuemax="100"
-          aria-valuenow={percent}
-        >
-          <div style={{ width: `${percent}%` }} />
-          <span>{percent}%</span>
-        </div>
-        <p class="muted">
-          Step {p?.step ?? job.current_step}/{p?.total_steps ?? job.total_steps ?? "?"} • Epoch{" "}
-          {Math.ceil(p?.epoch ?? job.current_epoch ?? 0) || 1}/{p?.total_epochs ?? job.total_epochs ?? "?"} • ETA:{" "}
-          {p?.eta_seconds != null ? duration(p.eta_seconds) : job.estimated_time_minutes ? `~${duration(job.estimated_time_minutes * 60)}` : "–"}
-        </p>
-      </section>
-    </>
+        )}
+      </p>
+      <div class="bar" role="progressbar" aria-label="Training progress" aria-valuemin="0" aria-valuemax="100" aria-valuenow={percent}>
+        <div style={{ width: `${percent}%` }} />
+        <span>{percent}%</span>
+      </div>
+      <p class="muted" data-testid="steps">
+        Step {p?.step ?? job.current_step}/{p?.total_steps ?? job.total_steps ?? "?"} • Epoch{" "}
+        {Math.max(1, Math.ceil(p?.epoch ?? job.current_epoch ?? 0))}/{p?.total_epochs ?? job.total_epochs ?? "?"}
+        {running && ` • ETA: ${eta != null ? duration(eta) : job.estimated_time_minutes ? `~${duration(job.estimated_time_minutes * 60)}` : "–"}`}
+      </p>
+    </section>
   );
 }
 
 function statusText(status) {
   return (
-    { pending: "Waiting", queued: "Queued, waiting for a worker", running: "Training in progress", completed: "Completed" }[
+    {
+      pending: "Waiting",
+      queued: "Queued, waiting for a worker",
+      running: "Training in progress",
+      completed: "Completed",
+      failed: "Failed",
+      cancelled: "Cancelled",
+    }[
       status
     ] || status
   );

@@ -167,9 +167,10 @@ export function TrainConsole({ skillId, fromJob }) {
             </div>
 
             <div class="intensity">
-              <label for="intensity">
-                Training intensity <Help text={HELP.intensity} label="What is training intensity?" />
-              </label>
+              <div class="label-row">
+                <label for="intensity">Training intensity</label>
+                <Help text={HELP.intensity} label="What is training intensity?" />
+              </div>
               <input
                 id="intensity"
                 type="range"
@@ -240,9 +241,10 @@ export function TrainConsole({ skillId, fromJob }) {
 function AdvancedPanel({ models, baseModel, setBaseModel, values, setField, preset, choosePreset }) {
   const select = (field, label, options, parse = Number) => (
     <div class="field">
-      <label for={`hp-${field}`}>
-        {label} <Help text={HELP[field]} label={`What is ${label.toLowerCase()}?`} />
-      </label>
+      <div class="label-row">
+        <label for={`hp-${field}`}>{label}</label>
+        <Help text={HELP[field]} label={`What is ${label.toLowerCase()}?`} />
+      </div>
       <select id={`hp-${field}`} value={String(values[field])} onChange={(e) => setField(field, parse(e.currentTarget.value))}>
         {[...new Set([...options, values[field]])]
           .filter((o) => o != null)
@@ -260,9 +262,10 @@ function AdvancedPanel({ models, baseModel, setBaseModel, values, setField, pres
     <fieldset class="advanced">
       <legend>Advanced configuration</legend>
       <div class="field wide">
-        <label for="hp-base-model">
-          Base model <Help text={HELP.base_model} label="What is the base model?" />
-        </label>
+        <div class="label-row">
+          <label for="hp-base-model">Base model</label>
+          <Help text={HELP.base_model} label="What is the base model?" />
+        </div>
         <select id="hp-base-model" value={baseModel} onChange={(e) => setBaseModel(e.currentTarget.value)}>
           {models.map((m) => (
             <option key={m.id} value={m.id}>
@@ -282,9 +285,10 @@ function AdvancedPanel({ models, baseModel, setBaseModel, values, setField, pres
       <h3>Training parameters</h3>
       <div class="fields">
         <div class="field">
-          <label for="hp-learning_rate">
-            Learning rate <Help text={HELP.learning_rate} label="What is the learning rate?" />
-          </label>
+          <div class="label-row">
+            <label for="hp-learning_rate">Learning rate</label>
+            <Help text={HELP.learning_rate} label="What is the learning rate?" />
+          </div>
           <input
             id="hp-learning_rate"
             type="number"

@@ -1,0 +1,102 @@
+"""Browser fixtures: Debian's Chromium driven by Playwright, against a real stack.
+
+The stack is real (API, worker, PostgreSQL, Redis, tiny-random training); only
+the worker's step delay is a test hook, so that a run lasts long enough to watch
+its chart grow and to cancel it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.settings import Settings
+from tests.conftest import ARTIFACTS, Stack
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless, and quiet: these machines have no internet, so background services would only log failures.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SCREENSHOTS = ARTIFACTS / "screenshots"
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+STEP_DELAY = {"FASTBRAIN_TEST_STEP_DELAY_SECONDS": "1"}
+# Pages wait on real work (a data report loads an embedding model on a busy 2-core machine).
+expect.set_options(timeout=30_000)
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail("Chromium is missing: ./test.sh installs it (apt-get install chromium)")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture(scope="session")
+def dashboard_stack(migrated: Settings) -> Iterator[Stack]:
+    """An API and a worker on their own queue, steps slowed to 1 s."""
+    stack = Stack("dashboard", migrated, STEP_DELAY)
+    stack.start_worker()
+    yield stack
+    stack.stop()
+
+
+class Console:
+    """Every console error and uncaught exception a page produced."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+
+    def on_console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.errors.append(f"console: {message.text} ({message.location.get('url')})")
+
+    def on_page_error(self, error: Exception) -> None:
+        self.errors.append(f"page error: {error}")
+
+
+@pytest.fixture
+async def console() -> Console:
+    return Console()
+
+
+@pytest.fixture
+async def page(browser: Browser, console: Console, clean_db: AsyncEngine) -> AsyncIterator[Page]:
+    """A fresh browser page at 1280x800; the test fails if the page logged any error."""
+    context = await browser.new_context(viewport=DESKTOP, accept_downloads=True)
+    page = await context.new_page()
+    page.on("console", console.on_console)
+    page.on("pageerror", console.on_page_error)
+    page.set_default_timeout(30_000)
+    yield page
+    await context.close()
+    assert console.errors == [], "the dashboard logged errors:\n" + "\n".join(console.errors)
+
+
+async def screenshot(page: Page, name: str) -> Path:
+    """Saves test-artifacts/screenshots/<name>.png (the whole page)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    await page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+@pytest.fixture
+async def http(dashboard_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=dashboard_stack.url, timeout=60) as client:
+        yield client
