@@ -120,6 +120,7 @@ def run_dev(host: str = "127.0.0.1", port: int = 8000, demo: bool = True) -> Non
             raise SystemExit("The API did not start; see the log above.")
         print(
             f"\nFast Brain is running: {url}\n"
+            f"  Dashboard: {url}/  (open it in a browser; the demo skill is ready to train)\n"
             f"  API docs: {url}/docs\n"
             f"  Train the demo skill: curl -X POST {url}/api/train-skill/molasses-master-expert\n"
             "Press Ctrl-C to stop.\n",

@@ -28,7 +28,9 @@ async def choose_tiny_model(page: Page, epochs: int, batch_size: int) -> None:
     await page.get_by_label("Base model", exact=True).select_option("tiny-random")
     await page.get_by_label("Epochs", exact=True).select_option(str(epochs))
     await page.get_by_label("Batch size", exact=True).select_option(str(batch_size))
-    await expect(page.get_by_test_id("estimate")).to_contain_text("Estimated time")
+    estimate = page.get_by_test_id("estimate")
+    await expect(estimate).to_have_attribute("aria-busy", "false")
+    await expect(estimate).to_contain_text(f"{epochs} epoch{'' if epochs == 1 else 's'})")
 
 
 async def log_seqs(page: Page) -> list[int]:
@@ -178,9 +180,14 @@ async def test_create_train_chat_and_manage_versions(
 
     # Phone-sized: nothing wider than the screen.
     await page.set_viewport_size(PHONE)
-    for route in ("#/adapters", f"#/jobs/{job_id}", "#/train/sweetener-guide"):
+    screens = {
+        "#/adapters": page.get_by_test_id("adapter-card"),
+        f"#/jobs/{job_id}": page.get_by_test_id("complete"),
+        "#/train/sweetener-guide": page.get_by_text("Estimated time"),
+    }
+    for route, content in screens.items():
         await page.goto(f"{base}/{route}")
-        await page.wait_for_load_state("networkidle")
+        await expect(content).to_be_visible()
         width = await page.evaluate("document.documentElement.scrollWidth")
         assert width <= PHONE["width"], f"{route} is {width}px wide on a phone"
     await screenshot(page, "train-console-phone")
@@ -240,5 +247,6 @@ async def test_error_panel_explains_a_failed_run(failing_stack: Stack, page: Pag
     await panel.get_by_role("link", name="Adjust Settings").click()
     await expect(page.get_by_label("Base model", exact=True)).to_have_value("tiny-random")
     await expect(page.get_by_role("button", name="Quick Test")).to_have_attribute("aria-pressed", "true")
-    await expect(page.get_by_test_id("estimate")).to_contain_text("Estimated time")
+    await expect(page.get_by_label("Epochs", exact=True)).to_have_value("1")
+    await expect(page.get_by_test_id("estimate")).to_contain_text("1 epoch)")
     await expect(page.get_by_test_id("data-examples")).to_contain_text("12", timeout=90_000)

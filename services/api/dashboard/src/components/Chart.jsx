@@ -19,7 +19,7 @@ export function Chart({ title, points, color, format = (v) => v, testId }) {
         scales: { x: { time: false } },
         axes: [
           { label: "step", stroke: "#64748b", grid: { stroke: "#e2e8f0" } },
-          { stroke: "#64748b", grid: { stroke: "#e2e8f0" }, size: 60, values: (u, vals) => vals.map(format) },
+          { stroke: "#64748b", grid: { stroke: "#e2e8f0" }, size: 60, space: 24, values: (u, vals) => vals.map(format) },
         ],
         series: [{}, { label: title, stroke: color, width: 2, points: { show: true, size: 5, fill: color } }],
       },

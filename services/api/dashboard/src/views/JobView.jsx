@@ -222,7 +222,7 @@ function Complete({ job, skillName }) {
           {training && <p>{heldOut ? "Training loss: " : "Improvement: "}{training}</p>}
         </div>
       </section>
-      {job.adapter_id && <TestChat skillId={job.skill_id} skillName={skillName} />}
+      {job.adapter_id && <TestChat skillId={job.skill_id} skillName={skillName} adapterId={job.adapter_id} />}
       <div class="actions card">
         <a class="button" href={`#/train/${job.skill_id}`}>
           Train Again

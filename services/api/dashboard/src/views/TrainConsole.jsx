@@ -26,12 +26,13 @@ export function TrainConsole({ skillId, fromJob }) {
   const [skills, setSkills] = useState(null);
   const [models, setModels] = useState([]);
   const [presets, setPresets] = useState(null);
-  const [skill, setSkill] = useState(null);
   const [advanced, setAdvanced] = useState(false);
   const [preset, setPreset] = useState("standard");
   const [baseModel, setBaseModel] = useState(null);
   const [values, setValues] = useState({});
+  const [intensity, setIntensity] = useState(1);
   const [estimate, setEstimate] = useState(null);
+  const [estimating, setEstimating] = useState(false);
   const [estimateError, setEstimateError] = useState(null);
   const [error, setError] = useState(null);
   const [busy, setBusy] = useState(false);
@@ -45,9 +46,7 @@ export function TrainConsole({ skillId, fromJob }) {
     api("/api/presets").then(setPresets);
   }, []);
 
-  useEffect(() => {
-    setSkill(skills?.find((s) => s.skill_id === skillId) || null);
-  }, [skills, skillId]);
+  const skill = skills?.find((s) => s.skill_id === skillId) || null;
 
   // "Adjust settings" from a failed run: start from that run's configuration.
   useEffect(() => {
@@ -56,6 +55,7 @@ export function TrainConsole({ skillId, fromJob }) {
       const c = job.config || {};
       setAdvanced(true);
       setPreset(c.preset || "custom");
+      if (INTENSITIES.includes(c.preset)) setIntensity(INTENSITIES.indexOf(c.preset));
       if (c.base_model) setBaseModel(c.base_model);
       setValues(Object.fromEntries(FIELDS.filter((f) => c[f] != null).map((f) => [f, c[f]])));
     });
@@ -77,25 +77,29 @@ export function TrainConsole({ skillId, fromJob }) {
 
   useEffect(() => {
     if (!skill || !baseModel) return;
-    setEstimateError(null);
+    let live = true;
+    setEstimating(true);
     const timer = setTimeout(() => {
       api(`/api/skills/${skill.skill_id}/estimate`, { method: "POST", body: { config } })
-        .then(setEstimate)
-        .catch((e) => {
-          setEstimate(null);
-          setEstimateError(e);
-        });
+        .then((e) => live && (setEstimate(e), setEstimateError(null)))
+        .catch((e) => live && (setEstimate(null), setEstimateError(e)))
+        .finally(() => live && setEstimating(false));
     }, 250);
-    return () => clearTimeout(timer);
-  }, [skill, JSON.stringify(config)]);
+    return () => {
+      live = false;
+      clearTimeout(timer);
+    };
+  }, [skill?.skill_id, JSON.stringify(config)]);
 
   function choosePreset(name) {
     setPreset(name);
     setValues({});
+    if (INTENSITIES.includes(name)) setIntensity(INTENSITIES.indexOf(name));
   }
 
+  // Editing a value turns the settings into Custom, starting from what is on screen.
   function setField(field, value) {
-    setValues((v) => ({ ...v, [field]: value }));
+    setValues({ ...shown, [field]: value });
     setPreset("custom");
   }
 
@@ -111,7 +115,6 @@ export function TrainConsole({ skillId, fromJob }) {
     }
   }
 
-  const intensity = Math.max(0, INTENSITIES.indexOf(preset));
   return (
     <main>
       <div class="page-head">
@@ -178,7 +181,7 @@ export function TrainConsole({ skillId, fromJob }) {
                 max="2"
                 step="1"
                 value={intensity}
-                aria-valuetext={LABELS[preset]}
+                aria-valuetext={preset === "custom" ? "Custom" : LABELS[preset]}
                 onInput={(e) => choosePreset(INTENSITIES[Number(e.currentTarget.value)])}
               />
               <div class="ticks" aria-hidden="true">
@@ -203,7 +206,7 @@ export function TrainConsole({ skillId, fromJob }) {
               />
             )}
 
-            <div class="estimate" aria-live="polite" data-testid="estimate">
+            <div class="estimate" aria-live="polite" aria-busy={estimating} data-testid="estimate">
               {estimate && (
                 <>
                   <p>
@@ -212,7 +215,7 @@ export function TrainConsole({ skillId, fromJob }) {
                   <p>
                     Estimated cost: <strong>~{money(estimate.cost_usd)}</strong>{" "}
                     <span class="muted small">
-                      ({estimate.device}, {estimate.confidence} confidence, {estimate.epochs} epochs)
+                      ({estimate.device}, {estimate.confidence} confidence, {estimate.epochs} epoch{estimate.epochs === 1 ? "" : "s"})
                     </span>
                   </p>
                 </>
