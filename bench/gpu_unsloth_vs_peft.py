@@ -74,7 +74,8 @@ def train_once(models_dir: Path, path: str, steps: int, seq: int, batch: int, ou
 
     os.environ[trainer.UNSLOTH_ENV] = "1" if path == "unsloth" else "0"
     torch.cuda.reset_peak_memory_stats()
-    long_answer = " ".join(f"word{i}" for i in range(seq // 2))
+    # About seq/2 tokens ("hello" is one token): the whole answer fits, as the template check requires.
+    long_answer = " ".join(["hello"] * (seq // 2))
     spec = TrainingSpec(
         job_id=f"bench-{path}",
         skill_id="bench",
