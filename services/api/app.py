@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+from starlette.types import Scope
 
 from services.api.adapters.endpoints import router as adapters_router
 from services.api.data.endpoints import router as data_router
@@ -79,10 +81,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+class ImmutableAssets(StaticFiles):
+    """Vite names each asset by its content hash, so a browser may keep it for good."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        if response.status_code == 200:
+            response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+        return response
+
+
 def mount_dashboard(app: FastAPI) -> None:
-    """The SPA at `/` (hash-routed, so one page), its hashed assets cached for good."""
+    """The SPA at `/` (hash-routed, so one page; revalidated each load), its hashed assets cached for good."""
     if (DASHBOARD / "assets").is_dir():
-        app.mount("/assets", StaticFiles(directory=DASHBOARD / "assets"), name="dashboard-assets")
+        app.mount("/assets", ImmutableAssets(directory=DASHBOARD / "assets"), name="dashboard-assets")
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> FileResponse:
