@@ -16,7 +16,7 @@ from arq.worker import Worker, func
 from services.worker.backends import create_backend
 from services.worker.context import WorkerContext
 from services.worker.reaper import reap_stale_jobs
-from services.worker.tasks import data_report, generate
+from services.worker.tasks import data_report, delete_remote_adapter, generate
 from services.worker.training import run_training
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.settings import Settings
@@ -71,6 +71,7 @@ def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -
             ),
             func(cast(Any, generate), name="generate", timeout=settings.generation_timeout_seconds),
             func(cast(Any, data_report), name="data_report", timeout=settings.generation_timeout_seconds),
+            func(cast(Any, delete_remote_adapter), name="delete_remote_adapter", timeout=120),
         ],
         "cron_jobs": [
             cron(

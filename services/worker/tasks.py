@@ -6,7 +6,11 @@ import asyncio
 import time
 from typing import Any
 
+import structlog
+
 from services.worker.context import WorkerContext
+
+log = structlog.get_logger(__name__)
 
 
 async def generate(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, Any]:
@@ -28,3 +32,18 @@ async def data_report(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, 
         conversations=request["conversations"],
         max_seq_length=request["max_seq_length"],
     )
+
+
+async def delete_remote_adapter(ctx: WorkerContext, ref: str) -> bool:
+    """Remove a deleted adapter's copy from the Modal Volume (False: it was already gone).
+
+    Queued by the API when it deletes an adapter (or its skill) that trained on Modal; runs on
+    any worker, whatever its own backend, since the copy is Modal's either way.
+    """
+    from services.worker.backends.modal import ModalBackend
+
+    backend = ctx["backend"]
+    modal = backend if isinstance(backend, ModalBackend) else ModalBackend(ctx["settings"])
+    removed = await modal.delete_remote(ref)
+    log.info("remote_adapter_deleted", ref=ref, removed=removed)
+    return removed

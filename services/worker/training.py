@@ -215,10 +215,13 @@ async def run_training(ctx: WorkerContext, job_id_text: str) -> str:
 async def _drive_with_recovery(ctx: WorkerContext, recorder: Recorder, job: TrainingJob, spec: TrainingSpec) -> str:
     """Run the trainer; on a recoverable failure adjust, record and run again."""
     history: list[dict[str, Any]] = list(job.recovery_attempts or [])
+    # What earlier tries of this job cost (stored on the job, so requeued attempts add to it).
+    spent = float(job.cost_usd or 0.0)
     while True:
-        outcome = await _drive(ctx, recorder, job, spec)
+        outcome = await _drive(ctx, recorder, job, spec, spent)
         if outcome is None:
             return "completed"
+        spent += float(outcome.get("cost_usd") or 0.0)
         category = ErrorCategory(outcome.get("category", "INTERNAL"))
         decision = decide(category, spec.hyperparameters, history, limits(ctx["settings"]))
         attempt = {
@@ -233,12 +236,13 @@ async def _drive_with_recovery(ctx: WorkerContext, recorder: Recorder, job: Trai
         }
         history.append(attempt)
         if decision.action == "fail":
-            await _fail(recorder, job, spec, outcome, history)
+            await _fail(recorder, job, spec, outcome, history, cost=spent)
             return "failed"
         new_hp = decision.hyperparameters or spec.hyperparameters
         await recorder.emit(
             {**outcome, "type": "error", "final": False, "recovery": decision.message, "attempts": history},
             recovery_attempts=history,
+            cost_usd=round(spent, 4),
             config={**job.config, "effective_hyperparameters": new_hp.model_dump()},
         )
         if decision.warning:
@@ -254,21 +258,34 @@ async def _drive_with_recovery(ctx: WorkerContext, recorder: Recorder, job: Trai
         spec = spec.model_copy(update={"hyperparameters": new_hp, "retry": spec.retry + 1})
 
 
-async def _drive(ctx: WorkerContext, recorder: Recorder, job: TrainingJob, spec: TrainingSpec) -> dict[str, Any] | None:
-    """One trainer run. None on success, else the trainer's error payload."""
+async def _drive(
+    ctx: WorkerContext, recorder: Recorder, job: TrainingJob, spec: TrainingSpec, spent: float = 0.0
+) -> dict[str, Any] | None:
+    """One trainer run. None on success, else the trainer's error payload with what the try cost.
+
+    `spent`: what the job's earlier, failed tries cost; a completion bills it with its own.
+    """
     started = time.monotonic()
     async for payload in ctx["backend"].train(spec):
         kind = payload.get("type")
         if kind == "progress":
             await recorder.emit(payload, **_progress_updates(payload))
         elif kind == "complete":
-            await _complete(ctx, job, spec, payload, time.monotonic() - started)
+            await _complete(ctx, job, spec, payload, time.monotonic() - started, spent)
             return None
         elif kind == "error":
-            return payload
+            return {**payload, "cost_usd": try_cost(ctx, payload, time.monotonic() - started)}
         else:
             await recorder.emit(payload)
-    return {"type": "error", "category": "INTERNAL", "message": "Trainer ended without a result"}
+    failed = {"type": "error", "category": "INTERNAL", "message": "Trainer ended without a result"}
+    return {**failed, "cost_usd": try_cost(ctx, failed, time.monotonic() - started)}
+
+
+def try_cost(ctx: WorkerContext, payload: dict[str, Any], wall_seconds: float) -> float:
+    """USD one trainer run cost: the GPU time a billing backend reports (Modal), else wall time at the local price."""
+    if getattr(ctx["backend"], "bills_gpu_time", False):
+        return float(payload.get("cost_usd") or 0.0)
+    return wall_seconds / 3600.0 * ctx["settings"].local_price_per_hour
 
 
 def _device_key(backend_device: str) -> str:
@@ -322,15 +339,17 @@ def _eval_metrics(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _complete(
-    ctx: WorkerContext, job: TrainingJob, spec: TrainingSpec, payload: dict[str, Any], wall_seconds: float
+    ctx: WorkerContext,
+    job: TrainingJob,
+    spec: TrainingSpec,
+    payload: dict[str, Any],
+    wall_seconds: float,
+    spent: float = 0.0,
 ) -> None:
     settings = ctx["settings"]
     device = _device_key(str(getattr(ctx["backend"], "device", "") or "cpu"))
     training_seconds = float(payload.get("training_time_seconds") or wall_seconds)
-    if payload.get("cost_usd") is not None:  # a backend that bills its own GPU time (Modal: GPU seconds x price)
-        cost = round(float(payload["cost_usd"]), 4)
-    else:
-        cost = round(wall_seconds / 3600.0 * settings.local_price_per_hour, 4)
+    cost = round(spent + try_cost(ctx, payload, wall_seconds), 4)  # failed tries are billed too
     staging = Path(spec.output_dir)
     async with ctx["sessionmaker"]() as session:
         # The skill row lock serialises version numbering per skill.
@@ -352,6 +371,7 @@ async def _complete(
             adapter_size_bytes=store.size_bytes(staging),
             base_model=spec.base_model,
             lora_config={"r": hp.lora_r, "alpha": hp.lora_alpha, "dropout": hp.lora_dropout},
+            remote_ref=payload.get("adapter_ref"),  # set by the Modal backend: its copy on the Volume
         )
         session.add(adapter)
         await session.flush()
@@ -433,20 +453,28 @@ def error_details(payload: dict[str, Any], attempts: list[dict[str, Any]]) -> di
 
 
 async def _fail(
-    recorder: Recorder, job: TrainingJob, spec: TrainingSpec, payload: dict[str, Any], attempts: list[dict[str, Any]]
+    recorder: Recorder,
+    job: TrainingJob,
+    spec: TrainingSpec,
+    payload: dict[str, Any],
+    attempts: list[dict[str, Any]],
+    cost: float | None = None,
 ) -> None:
+    """The job's final failure; `cost`: what all its tries cost (None: leave the job's figure as it is)."""
     store.remove(Path(spec.output_dir))
     if spec.checkpoint_dir:
         store.remove(Path(spec.checkpoint_dir))
     details = error_details(payload, attempts)
+    billed = {"cost_usd": round(cost, 4)} if cost is not None else {}
     await recorder.emit(
-        {**payload, **details, "type": "error", "final": True},
+        {**payload, **details, "type": "error", "final": True, **billed},
         status=JobStatus.FAILED.value,
         completed_at=func.now(),
         error_message=f"{details['user_message']} ({details['message']})",
         error_details=details,
         recovery_attempts=attempts,
         lease_owner=None,
+        **billed,
     )
     log.warning("training_failed", category=details["category"], message=payload.get("message"))
 

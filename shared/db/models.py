@@ -167,6 +167,8 @@ class Adapter(Base):
     adapter_size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     base_model: Mapped[str | None] = mapped_column(Text)
     lora_config: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # The copy a Modal training leaves on its Volume (`{skill}/jobs/{job}-a{attempt}`); deleted with the row.
+    remote_ref: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
     notes: Mapped[str | None] = mapped_column(Text)
 

@@ -144,6 +144,7 @@ class AdapterOut(BaseModel):
     lora_config: dict[str, Any] | None
     adapter_size_bytes: int | None
     storage_path: str
+    remote_ref: str | None = Field(None, description="Its copy on the Modal Volume, when it trained there.")
     created_at: datetime
 
 

@@ -32,6 +32,7 @@ from services.gpu import modal_app
 from services.worker.backends.local import LocalBackend
 from services.worker.backends.modal import ModalBackend
 from services.worker.context import WorkerContext
+from services.worker.tasks import delete_remote_adapter
 from services.worker.training import run_training
 from shared.db.models import Adapter, TrainingJob
 from shared.schemas.training import Hyperparameters, TrainingSpec, Turn
@@ -217,7 +218,9 @@ async def test_gpu_catalog_model_is_refused_on_cpu_through_modal(
     )
     events = await _collect(ModalBackend(settings, lookup=LocalTrainer), spec)
     assert events[-1]["type"] == "error" and events[-1]["category"] == "MODEL_LOAD_FAIL"
-    assert "gpu_seconds" in events[-1]
+    # A failed run used the GPU too: billed like a completed one.
+    assert events[-1]["gpu_seconds"] > 0 and events[-1]["gpu"] == settings.modal_gpu
+    assert events[-1]["cost_usd"] == round(events[-1]["gpu_seconds"] / 3600 * settings.modal_price_per_hour, 4)
 
 
 @pytest.fixture
@@ -286,8 +289,49 @@ async def test_worker_trains_on_modal_backend_end_to_end(
     async with sessionmaker() as session:
         job = await session.get(TrainingJob, uuid.UUID(job_id))
         assert job is not None and float(job.cost_usd or 0) == pytest.approx(complete["cost_usd"], abs=1e-4)
+
+    # Deleting it removes the local files at once and, through a worker task, the Volume's copy.
+    ref = adapters[0]["remote_ref"]
+    assert ref == f"modal-e2e/jobs/{job_id}-a1" and (volume / ref / "adapter_model.safetensors").is_file()
     deleted = await http.delete(f"/api/adapters/{adapters[0]['id']}")
     assert deleted.status_code == 200 and not adapter_dir.exists()
+    assert await _queued_removals(ctx, stack, "modal-e2e") == [(ref,)]
+    assert await delete_remote_adapter(ctx, ref) is True
+    assert not (volume / ref).exists()
+    assert await delete_remote_adapter(ctx, ref) is False  # already gone: nothing to do, no error
+    await ctx["redis"].aclose()
+
+
+async def _queued_removals(ctx: WorkerContext, stack: Stack, skill_id: str) -> list[tuple[Any, ...]]:
+    """`delete_remote_adapter` jobs waiting on the stack's queue (it has no worker) for one skill's refs."""
+    jobs = await ctx["redis"].queued_jobs(queue_name=stack.settings.queue_name)
+    return [
+        tuple(job.args)
+        for job in jobs
+        if job.function == "delete_remote_adapter" and str(job.args[0]).startswith(f"{skill_id}/")
+    ]
+
+
+async def test_deleting_a_skill_queues_removal_of_its_modal_copies(
+    modal_stack: tuple[Stack, httpx.AsyncClient], sessionmaker: async_sessionmaker[AsyncSession], clean_db: Any
+) -> None:
+    stack, http = modal_stack
+    skill = {"skill_id": "gone", "name": "Gone", "system_prompt": "x", "conversations": demo_conversations(2)}
+    assert (await http.post("/api/skills", json=skill)).status_code == 201
+    async with sessionmaker() as session, session.begin():
+        for version, ref in ((1, "gone/jobs/j1-a1"), (2, None), (3, "gone/jobs/j3-a2")):
+            session.add(
+                Adapter(
+                    skill_id="gone",
+                    version=version,
+                    is_active=version == 3,
+                    storage_path=f"/x/{version}",
+                    remote_ref=ref,
+                )
+            )
+    ctx = await _context(stack, sessionmaker)
+    assert (await http.delete("/api/skills/gone")).status_code == 200
+    assert sorted(await _queued_removals(ctx, stack, "gone")) == [("gone/jobs/j1-a1",), ("gone/jobs/j3-a2",)]
     await ctx["redis"].aclose()
 
 

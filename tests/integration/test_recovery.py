@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -86,7 +87,14 @@ async def test_oom_recovers_by_halving_batch_with_same_effective_batch(
     assert stats["errors_auto_recovered"] == len(errors) and stats["error_recovery_rate"] == 1.0
 
 
-@pytest.mark.parametrize("stack_client", [{"FASTBRAIN_TEST_NETWORK_FAILURES": "2"}], indirect=True)
+PRICE_PER_HOUR = 36.0  # one cent a second, so every try's time shows in the bill
+
+
+@pytest.mark.parametrize(
+    "stack_client",
+    [{"FASTBRAIN_TEST_NETWORK_FAILURES": "2", "FASTBRAIN_LOCAL_PRICE_PER_HOUR": str(PRICE_PER_HOUR)}],
+    indirect=True,
+)
 async def test_network_errors_are_retried_with_backoff(stack_client: tuple[Stack, httpx.AsyncClient]) -> None:
     stack, http = stack_client
     stack.start_worker()
@@ -98,6 +106,13 @@ async def test_network_errors_are_retried_with_backoff(stack_client: tuple[Stack
     assert [e["category"] for e in errors] == ["NETWORK_ERROR", "NETWORK_ERROR"]
     assert "Connection refused" in errors[0]["message"] or "ConnectionRefusedError" in errors[0]["message"]
     assert ["0.1s" in errors[0]["recovery"], "0.2s" in errors[1]["recovery"]] == [True, True]
+
+    # The failed tries ran too: the bill covers all three, not just the one that finished
+    # (the last try alone is about half of the job's time here).
+    status = (await http.get(f"/api/training-status/{job_id}")).json()
+    elapsed = datetime.fromisoformat(status["completed_at"]) - datetime.fromisoformat(status["started_at"])
+    whole_job = elapsed.total_seconds() / 3600 * PRICE_PER_HOUR
+    assert 0.8 * whole_job <= status["cost_usd"] <= whole_job + 0.01, (status["cost_usd"], whole_job)
 
 
 @pytest.mark.parametrize("stack_client", [{"FASTBRAIN_TEST_NETWORK_FAILURES": "9"}], indirect=True)

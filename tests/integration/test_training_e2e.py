@@ -6,6 +6,7 @@ Real API server, real worker process, real PostgreSQL/Redis, real training
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import tarfile
@@ -155,9 +156,13 @@ async def check_export(client: httpx.AsyncClient, adapter: dict[str, Any], other
     assert {"e2e-skill-v1/adapter_config.json", "e2e-skill-v1/adapter_model.safetensors"} <= names
     assert manifest["version"] == 1 and manifest["base_model"] == "tiny-random"
     assert manifest["system_prompt"] == "You are terse." and manifest["lora_config"]["r"] == 8
-    assert set(Path(tempfile.gettempdir()).glob("fastbrain-export-*")) <= leftovers
+    # The temporary archive is removed once the response is sent (a background task): wait for it.
+    deadline = time.monotonic() + 10
+    while set(Path(tempfile.gettempdir()).glob("fastbrain-export-*")) - leftovers and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert set(Path(tempfile.gettempdir()).glob("fastbrain-export-*")) <= leftovers, "export left its archive behind"
 
-    # An adapter whose files are gone (say, on a Modal Volume) cannot be exported: a clear 409.
+    # An adapter whose files this API cannot see (no shared storage with the workers): a clear 409.
     folder = Path(other["storage_path"])
     folder.rename(folder.with_name("moved"))
     try:

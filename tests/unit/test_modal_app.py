@@ -111,8 +111,8 @@ def test_backend_selection_and_billing(tmp_path: Path) -> None:
     assert isinstance(backend, ModalBackend) and backend.name == "modal" and backend.device == "modal:A10G"
     assert create_backend(Settings(data_dir=tmp_path)).name == "local"
     assert settings.modal_price_per_hour == MODAL_GPU_PRICES_PER_HOUR["A10G"] == 1.10
-    billed = backend._bill({"type": "complete", "gpu_seconds": 1800.0}, tmp_path / "staging")
+    billed = backend._charges({"type": "complete", "gpu_seconds": 1800.0})
     assert billed["cost_usd"] == pytest.approx(0.55) and billed["price_per_hour"] == 1.10
-    assert billed["adapter_path"] == str(tmp_path / "staging")
+    assert billed["gpu"] == "A10G" and billed["gpu_seconds"] == 1800.0
     t4 = Settings(data_dir=tmp_path, modal_gpu="T4")
     assert t4.modal_price_per_hour == 0.40

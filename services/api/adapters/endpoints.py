@@ -77,7 +77,7 @@ async def export_adapter(adapter_id: uuid.UUID, session: SessionDep) -> FileResp
     if not folder.is_dir():
         raise Conflict(
             f"Adapter v{adapter.version} of '{adapter.skill_id}' has no files on this server ({folder}).",
-            suggestions=["Adapters trained on Modal live in its Volume: download them with `modal volume get`."],
+            suggestions=["Give the API the workers' storage (the same FASTBRAIN_DATA_DIR), then export again."],
             code="export_unavailable",
         )
     name = export.archive_name(adapter.skill_id, adapter.version)
@@ -103,10 +103,17 @@ async def export_adapter(adapter_id: uuid.UUID, session: SessionDep) -> FileResp
     )
 
 
-@router.delete("/adapters/{adapter_id}", summary="Delete an adapter (row and files)")
+@router.delete(
+    "/adapters/{adapter_id}",
+    summary="Delete an adapter (row and files)",
+    description="Removes the row and the adapter's files; for an adapter trained on Modal, a worker also "
+    "removes its copy from the Volume.",
+)
 async def delete_adapter(adapter_id: uuid.UUID, session: SessionDep, after_commit: AfterCommitDep) -> Deleted:
-    path = await service.delete(session, adapter_id)
+    path, remote_ref = await service.delete(session, adapter_id)
     after_commit.call(lambda: service.remove_files(path))
+    if remote_ref:  # trained on Modal: its Volume copy goes too, through a worker
+        after_commit.enqueue(service.DELETE_REMOTE, remote_ref)
     return Deleted(message="Adapter deleted")
 
 

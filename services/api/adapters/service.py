@@ -29,6 +29,7 @@ def to_out(adapter: Adapter, skill_name: str | None = None) -> AdapterOut:
         lora_config=adapter.lora_config,
         adapter_size_bytes=adapter.adapter_size_bytes,
         storage_path=adapter.storage_path,
+        remote_ref=adapter.remote_ref,
         created_at=adapter.created_at,
     )
 
@@ -70,13 +71,18 @@ async def activate(session: AsyncSession, adapter_id: uuid.UUID) -> Adapter:
     return adapter
 
 
-async def delete(session: AsyncSession, adapter_id: uuid.UUID) -> Path:
-    """Delete the row; return the directory to remove once committed.
+DELETE_REMOTE = "delete_remote_adapter"
+"""The worker task that removes an adapter's copy from the Modal Volume."""
+
+
+async def delete(session: AsyncSession, adapter_id: uuid.UUID) -> tuple[Path, str | None]:
+    """Delete the row; return the directory to remove once committed, and its Modal Volume copy if any.
 
     Deleting the active version activates the newest remaining one, so a skill
     with adapters always has one to chat with.
     """
     adapter = await get_adapter(session, adapter_id)
+    remote_ref = adapter.remote_ref
     await session.execute(select(Skill.id).where(Skill.id == adapter.skill_id).with_for_update())
     was_active = adapter.is_active
     path = Path(adapter.storage_path)
@@ -89,7 +95,7 @@ async def delete(session: AsyncSession, adapter_id: uuid.UUID) -> Path:
         if newest is not None:
             newest.is_active = True
             await session.flush()
-    return path
+    return path, remote_ref
 
 
 def remove_files(path: Path) -> None:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile, status
 
+from services.api.adapters import service as adapters_service
 from services.api.deps import AfterCommitDep, SessionDep, SettingsDep
 from services.api.skills import service
 from services.api.skills.importers import MAX_IMPORT_BYTES
@@ -50,8 +51,10 @@ async def update_skill(skill_id: str, body: SkillUpdate, session: SessionDep) ->
 async def delete_skill(
     skill_id: str, session: SessionDep, settings: SettingsDep, after_commit: AfterCommitDep
 ) -> Deleted:
-    await service.delete_skill(session, skill_id)
+    refs = await service.delete_skill(session, skill_id)
     after_commit.call(lambda: service.remove_skill_files(settings.adapters_dir, skill_id))
+    for ref in refs:  # adapters trained on Modal: their Volume copies go too
+        after_commit.enqueue(adapters_service.DELETE_REMOTE, ref)
     return Deleted(message=f"Skill '{skill_id}' deleted")
 
 

@@ -179,7 +179,8 @@ async def import_examples(session: AsyncSession, skill_id: str, filename: str, r
     )
 
 
-async def delete_skill(session: AsyncSession, skill_id: str) -> None:
+async def delete_skill(session: AsyncSession, skill_id: str) -> list[str]:
+    """Delete the skill (its jobs and adapters cascade); return its adapters' Modal Volume copies."""
     skill = await get_skill(session, skill_id, for_update=True)
     running = await session.scalar(
         select(TrainingJob.id).where(TrainingJob.skill_id == skill_id, TrainingJob.status.in_(ACTIVE_JOB_STATUSES))
@@ -191,8 +192,14 @@ async def delete_skill(session: AsyncSession, skill_id: str) -> None:
             suggestions=["Wait for the training to finish or cancel it, then delete the skill."],
             code="training_in_progress",
         )
+    # Read under the skill's row lock, which a completing training also takes: none is missed.
+    refs = await session.scalars(
+        select(Adapter.remote_ref).where(Adapter.skill_id == skill_id, Adapter.remote_ref.is_not(None))
+    )
+    remote = [ref for ref in refs if ref]
     await session.delete(skill)
     await session.flush()
+    return remote
 
 
 def remove_skill_files(adapters_dir: Path, skill_id: str) -> None:

@@ -91,6 +91,7 @@ def modal_error_payload(exc: BaseException) -> dict[str, Any]:
 
 class ModalBackend:
     name = "modal"
+    bills_gpu_time = True  # every try's payload carries its cost: the container's GPU seconds x price
 
     def __init__(self, settings: Settings, lookup: TrainerLookup | None = None) -> None:
         self.settings = settings
@@ -115,7 +116,9 @@ class ModalBackend:
                     await asyncio.to_thread(_write_chunk, staging, payload)
                     continue
                 if kind == "complete":
-                    payload = self._bill(payload, staging)
+                    payload = {**payload, "adapter_path": str(staging), **self._charges(payload)}
+                elif kind == "error":  # a failed run used the GPU too
+                    payload = {**payload, **self._charges(payload)}
                 if kind in ("complete", "error"):
                     finished = True
                 yield payload
@@ -134,12 +137,11 @@ class ModalBackend:
             if not finished and call_id:
                 await self._cancel(call_id)
 
-    def _bill(self, payload: dict[str, Any], staging: Path) -> dict[str, Any]:
+    def _charges(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The GPU time a payload reports (`gpu_seconds`, from the container) at the configured price."""
         gpu_seconds = float(payload.get("gpu_seconds") or payload.get("training_time_seconds") or 0.0)
         price = self.settings.modal_price_per_hour
         return {
-            **payload,
-            "adapter_path": str(staging),
             "gpu": self.settings.modal_gpu,
             "gpu_seconds": round(gpu_seconds, 3),
             "price_per_hour": price,
@@ -155,6 +157,11 @@ class ModalBackend:
             log.info("modal_call_cancelled", call_id=call_id)
         except Exception as exc:  # the container stops at its timeout anyway
             log.warning("modal_cancel_failed", call_id=call_id, error=repr(exc))
+
+    async def delete_remote(self, ref: str) -> bool:
+        """Remove an adapter's copy from the Volume (`SkillTrainer.delete_adapter`)."""
+        removed: bool = await self._lookup().delete_adapter.remote.aio(ref)
+        return removed
 
     async def generate(self, request: dict[str, Any]) -> str:
         """Test chat on the GPU: the adapter by its Volume reference, its files sent along in case it is not there."""
