@@ -162,7 +162,9 @@ class PackedData:
         )
 
 
-def pack_for_training(dataset: Dataset, max_length: int, pad_token_id: int, trainer_class: type) -> PackedData:
+def pack_for_training(
+    dataset: Dataset, max_length: int, pad_token_id: int, trainer_class: type, pad_to_multiple_of: int | None = None
+) -> PackedData:
     """The training `dataset` (`input_ids`, `labels`) packed: dataset, collator and trainer class to train on it."""
     from datasets import Dataset
 
@@ -174,7 +176,7 @@ def pack_for_training(dataset: Dataset, max_length: int, pad_token_id: int, trai
     dataset = Dataset.from_dict({c: [row[c] for row in rows] for c in columns})
     return PackedData(
         dataset=dataset,
-        collator=PackedCollator(pad_token_id=pad_token_id),
+        collator=PackedCollator(pad_token_id=pad_token_id, pad_to_multiple_of=pad_to_multiple_of),
         trainer_class=packed_trainer_class(trainer_class),
         examples=len(examples),
         rows=len(rows),
