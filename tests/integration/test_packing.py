@@ -76,6 +76,16 @@ def test_collator_pads_right_as_own_segment_and_masks_real_tokens() -> None:
     assert "attention_mask" not in packing.model_inputs(batch)
 
 
+def test_collator_pads_to_a_multiple_as_the_trainer_does_on_cuda() -> None:
+    """Padded to a multiple (few distinct lengths on a GPU): the pads are one more segment, unlabelled, unmasked."""
+    rows = packing.pack_examples(fake_examples([5, 3, 4]), max_length=8)
+    batch = packing.PackedCollator(pad_token_id=7, pad_to_multiple_of=6)(rows)
+    assert batch["input_ids"].shape == (2, 12)
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3]
+    assert batch["attention_mask"].sum(dim=1).tolist() == [8, 4]
+    assert batch["labels"][0, 8:].tolist() == [-100] * 4 and batch["input_ids"][0, 8:].tolist() == [7] * 4
+
+
 def test_packed_trainer_class_drops_the_counting_mask_before_the_forward() -> None:
     received: dict[str, Any] = {}
 
@@ -136,10 +146,12 @@ def unpacked(model: Any, examples: list[dict[str, list[int]]]) -> list[tuple[Any
     return out
 
 
-def packed_forward(model: Any, rows: list[dict[str, Any]], isolate: bool = True) -> tuple[Any, Any]:
+def packed_forward(
+    model: Any, rows: list[dict[str, Any]], isolate: bool = True, pad_to_multiple_of: int | None = None
+) -> tuple[Any, Any]:
     import torch
 
-    batch = packing.PackedCollator(pad_token_id=0)(rows)
+    batch = packing.PackedCollator(pad_token_id=0, pad_to_multiple_of=pad_to_multiple_of)(rows)
     inputs = packing.model_inputs(batch)
     if not isolate:  # negative control: one plain causal sequence per row, continuous positions
         inputs["position_ids"] = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"])
@@ -149,15 +161,17 @@ def packed_forward(model: Any, rows: list[dict[str, Any]], isolate: bool = True)
     return out, batch
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_packed_loss_and_logits_equal_unpacked(attn: str, examples: list[dict[str, list[int]]]) -> None:
+@pytest.mark.parametrize(("attn", "pad_to_multiple_of"), [("sdpa", None), ("eager", None), ("sdpa", 64)])
+def test_packed_loss_and_logits_equal_unpacked(
+    attn: str, pad_to_multiple_of: int | None, examples: list[dict[str, list[int]]]
+) -> None:
     model = load_model(attn)
     alone = unpacked(model, examples)
     longest = max(len(e["input_ids"]) for e in examples)
     rows = packing.pack_examples(examples, max_length=2 * longest)
     assert len(rows) < len(examples) and any(len(r["seq_lengths"]) >= 3 for r in rows)  # really packed
 
-    out, batch = packed_forward(model, rows)
+    out, batch = packed_forward(model, rows, pad_to_multiple_of=pad_to_multiple_of)
     per_token = token_losses(out.logits, batch["labels"])
     by_first_token = {tuple(e["input_ids"]): i for i, e in enumerate(examples)}
     total_packed = 0.0
@@ -180,7 +194,7 @@ def test_packed_loss_and_logits_equal_unpacked(attn: str, examples: list[dict[st
     assert float(out.loss) == pytest.approx(total_alone / n_labelled, abs=1e-5)
 
     # Negative control: without the isolation the same rows give different losses, so this test can fail.
-    leaky, _ = packed_forward(model, rows, isolate=False)
+    leaky, _ = packed_forward(model, rows, isolate=False, pad_to_multiple_of=pad_to_multiple_of)
     assert abs(float(token_losses(leaky.logits, batch["labels"]).sum()) - total_alone) > 1e-2
 
 
