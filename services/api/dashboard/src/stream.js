@@ -5,10 +5,15 @@ import { streamUrl } from "./api.js";
 
 const TERMINAL_STATUSES = new Set(["completed", "failed", "cancelled"]);
 
+// A job status after which nothing more happens.
+export function isFinished(status) {
+  return TERMINAL_STATUSES.has(status);
+}
+
 export function isTerminal(event) {
   if (event.type === "complete") return true;
   if (event.type === "error") return event.final !== false;
-  return event.type === "status" && TERMINAL_STATUSES.has(event.status);
+  return event.type === "status" && isFinished(event.status);
 }
 
 export function followJob(jobId, { onEvent, onConnection }) {

@@ -14,3 +14,13 @@ export function Help({ text, label = "What is this?" }) {
     </span>
   );
 }
+
+// A control's label with its "?" beside it (outside the <label>, so the control's name stays the label alone).
+export function HelpLabel({ htmlFor, text, help, helpLabel = `What is ${text.toLowerCase()}?` }) {
+  return (
+    <div class="label-row">
+      <label for={htmlFor}>{text}</label>
+      <Help text={help} label={helpLabel} />
+    </div>
+  );
+}

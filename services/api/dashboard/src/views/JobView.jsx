@@ -7,7 +7,7 @@ import { ErrorNote } from "../components/ErrorNote.jsx";
 import { TestChat } from "../components/TestChat.jsx";
 import { clock, duration, loss, lossChange, money } from "../format.js";
 import { navigate } from "../router.js";
-import { followJob } from "../stream.js";
+import { followJob, isFinished } from "../stream.js";
 
 const initial = { log: [], lossPoints: [], lrPoints: [], progress: null, status: null, terminal: null };
 
@@ -57,14 +57,14 @@ export function JobView({ jobId }) {
 
   // The final figures (cost, held-out loss, adapter) are on the job row: read it once the stream ends.
   const status = state.status || job?.status;
-  const terminal = ["completed", "failed", "cancelled"].includes(status);
+  const terminal = isFinished(status);
   useEffect(() => {
     if (terminal) refresh();
   }, [terminal]);
 
   if (error) return <main><ErrorNote error={error} /></main>;
   if (!job) return <main><p class="muted">Loading…</p></main>;
-  const done = terminal && ["completed", "failed", "cancelled"].includes(job.status);
+  const done = terminal && isFinished(job.status);
   const skillName = job.skill_name || job.skill_id;
 
   return (
@@ -147,7 +147,7 @@ function ProgressCard({ job, state, status, connection }) {
   const p = state.progress;
   const percent = Math.round(status === "completed" ? 100 : (p?.progress ?? job.progress ?? 0));
   const eta = p?.eta_seconds ?? job.eta_seconds;
-  const running = !["completed", "failed", "cancelled"].includes(status);
+  const running = !isFinished(status);
   return (
     <section class="card" aria-label="Progress">
       <p>

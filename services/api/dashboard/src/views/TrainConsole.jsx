@@ -3,7 +3,7 @@ import { useEffect, useMemo, useState } from "preact/hooks";
 import { api } from "../api.js";
 import { DataStatus } from "../components/DataStatus.jsx";
 import { ErrorNote } from "../components/ErrorNote.jsx";
-import { Help } from "../components/Help.jsx";
+import { HelpLabel } from "../components/Help.jsx";
 import { duration, money } from "../format.js";
 import { navigate } from "../router.js";
 
@@ -170,10 +170,7 @@ export function TrainConsole({ skillId, fromJob }) {
             </div>
 
             <div class="intensity">
-              <div class="label-row">
-                <label for="intensity">Training intensity</label>
-                <Help text={HELP.intensity} label="What is training intensity?" />
-              </div>
+              <HelpLabel htmlFor="intensity" text="Training intensity" help={HELP.intensity} />
               <input
                 id="intensity"
                 type="range"
@@ -244,10 +241,7 @@ export function TrainConsole({ skillId, fromJob }) {
 function AdvancedPanel({ models, baseModel, setBaseModel, values, setField, preset, choosePreset }) {
   const select = (field, label, options, parse = Number) => (
     <div class="field">
-      <div class="label-row">
-        <label for={`hp-${field}`}>{label}</label>
-        <Help text={HELP[field]} label={`What is ${label.toLowerCase()}?`} />
-      </div>
+      <HelpLabel htmlFor={`hp-${field}`} text={label} help={HELP[field]} />
       <select id={`hp-${field}`} value={String(values[field])} onChange={(e) => setField(field, parse(e.currentTarget.value))}>
         {[...new Set([...options, values[field]])]
           .filter((o) => o != null)
@@ -265,10 +259,7 @@ function AdvancedPanel({ models, baseModel, setBaseModel, values, setField, pres
     <fieldset class="advanced">
       <legend>Advanced configuration</legend>
       <div class="field wide">
-        <div class="label-row">
-          <label for="hp-base-model">Base model</label>
-          <Help text={HELP.base_model} label="What is the base model?" />
-        </div>
+        <HelpLabel htmlFor="hp-base-model" text="Base model" help={HELP.base_model} helpLabel="What is the base model?" />
         <select id="hp-base-model" value={baseModel} onChange={(e) => setBaseModel(e.currentTarget.value)}>
           {models.map((m) => (
             <option key={m.id} value={m.id}>
@@ -288,10 +279,12 @@ function AdvancedPanel({ models, baseModel, setBaseModel, values, setField, pres
       <h3>Training parameters</h3>
       <div class="fields">
         <div class="field">
-          <div class="label-row">
-            <label for="hp-learning_rate">Learning rate</label>
-            <Help text={HELP.learning_rate} label="What is the learning rate?" />
-          </div>
+          <HelpLabel
+            htmlFor="hp-learning_rate"
+            text="Learning rate"
+            help={HELP.learning_rate}
+            helpLabel="What is the learning rate?"
+          />
           <input
             id="hp-learning_rate"
             type="number"
