@@ -9,16 +9,18 @@ import uuid
 from typing import Any, cast
 
 import structlog
-from arq.connections import RedisSettings
 from arq.cron import cron
 from arq.worker import Worker, func
 
+from services.worker.attempt import run_training
 from services.worker.backends import create_backend
+from services.worker.backends.base import GpuBackend
 from services.worker.context import WorkerContext
 from services.worker.reaper import reap_stale_jobs
 from services.worker.tasks import data_report, delete_remote_adapter, generate
-from services.worker.training import run_training
 from shared.db.engine import create_engine, create_sessionmaker
+from shared.queue import redis_settings
+from shared.rules import tasks
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -39,9 +41,17 @@ async def _prepare_models(settings: Settings) -> None:
             log.warning("model_prepare_failed", model=model_id, error=str(exc))
 
 
-def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -> Worker:
+def build_worker(
+    settings: Settings,
+    *,
+    burst: bool = False,
+    backend: GpuBackend | None = None,
+    worker_id: str | None = None,
+    **overrides: Any,
+) -> Worker:
+    """An arq worker; `backend` replaces the configured GPU backend (tests use a fake one)."""
     database_url, redis_url = settings.require_urls()
-    worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
     async def startup(ctx: dict[str, Any]) -> None:
         typed = cast(WorkerContext, ctx)
@@ -49,7 +59,7 @@ def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -
         typed["settings"] = settings
         typed["engine"] = engine
         typed["sessionmaker"] = create_sessionmaker(engine)
-        typed["backend"] = create_backend(settings)
+        typed["backend"] = backend or create_backend(settings)
         typed["worker_id"] = worker_id
         if settings.prepare_models:
             # Convert/cache base models in the background so the first training
@@ -66,24 +76,24 @@ def build_worker(settings: Settings, *, burst: bool = False, **overrides: Any) -
             # arq types task contexts as plain dicts; ours are a TypedDict of the same dict.
             func(
                 cast(Any, run_training),
-                name="run_training",
+                name=tasks.RUN_TRAINING,
                 timeout=settings.job_timeout_seconds + ARQ_TIMEOUT_MARGIN_SECONDS,
             ),
-            func(cast(Any, generate), name="generate", timeout=settings.generation_timeout_seconds),
-            func(cast(Any, data_report), name="data_report", timeout=settings.generation_timeout_seconds),
-            func(cast(Any, delete_remote_adapter), name="delete_remote_adapter", timeout=120),
+            func(cast(Any, generate), name=tasks.GENERATE, timeout=settings.generation_timeout_seconds),
+            func(cast(Any, data_report), name=tasks.DATA_REPORT, timeout=settings.generation_timeout_seconds),
+            func(cast(Any, delete_remote_adapter), name=tasks.DELETE_REMOTE_ADAPTER, timeout=120),
         ],
         "cron_jobs": [
             cron(
                 cast(Any, reap_stale_jobs),
-                name="reap_stale_jobs",
+                name=tasks.REAP_STALE_JOBS,
                 second=set(range(0, 60, settings.reaper_interval_seconds)),
                 run_at_startup=True,
                 unique=True,
                 timeout=60,
             )
         ],
-        "redis_settings": RedisSettings.from_dsn(redis_url),
+        "redis_settings": redis_settings(redis_url),
         "queue_name": settings.queue_name,
         "on_startup": startup,
         "on_shutdown": shutdown,

@@ -58,6 +58,9 @@ class Skill(Base):
     knowledge_items: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"), nullable=False)
     # The example conversations, [{"user": ..., "assistant": ...}, ...].
     training_data: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"), nullable=False)
+    # The last adapter version handed out (migration 0006): bumped when a training is
+    # promoted, never lowered, so a deleted version's number is never reused.
+    adapter_version_seq: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False

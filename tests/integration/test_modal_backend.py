@@ -33,7 +33,7 @@ from services.worker.backends.local import LocalBackend
 from services.worker.backends.modal import ModalBackend
 from services.worker.context import WorkerContext
 from services.worker.tasks import delete_remote_adapter
-from services.worker.training import run_training
+from services.worker.attempt import run_training
 from shared.db.models import Adapter, TrainingJob
 from shared.schemas.training import Hyperparameters, TrainingSpec, Turn
 from shared.settings import Settings

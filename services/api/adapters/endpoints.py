@@ -17,11 +17,10 @@ from services.api.deps import AfterCommitDep, SessionDep, StateDep
 from services.api.errors import ApiError, Conflict, GatewayTimeout, NotFound, Unavailable
 from services.api.skills.service import get_skill
 from shared.db.models import Adapter
+from shared.rules import tasks
 from shared.schemas.jobs import AdapterList, AdapterOut, Deleted, TestAdapterRequest, TestAdapterResponse
 
 router = APIRouter(prefix="/api", tags=["adapters"])
-
-GENERATE = "generate"
 
 
 class GenerationFailed(ApiError):
@@ -113,7 +112,7 @@ async def delete_adapter(adapter_id: uuid.UUID, session: SessionDep, after_commi
     path, remote_ref = await service.delete(session, adapter_id)
     after_commit.call(lambda: service.remove_files(path))
     if remote_ref:  # trained on Modal: its Volume copy goes too, through a worker
-        after_commit.enqueue(service.DELETE_REMOTE, remote_ref)
+        after_commit.enqueue(tasks.DELETE_REMOTE_ADAPTER, remote_ref)
     return Deleted(message="Adapter deleted")
 
 
@@ -133,7 +132,7 @@ async def test_adapter(skill_id: str, body: TestAdapterRequest, state: StateDep)
         "prompt": body.prompt,
         "max_new_tokens": body.max_new_tokens,
     }
-    job: Job | None = await state.redis.enqueue_job(GENERATE, request, _queue_name=state.settings.queue_name)
+    job: Job | None = await state.redis.enqueue_job(tasks.GENERATE, request, _queue_name=state.settings.queue_name)
     if job is None:  # arq returns None only for a duplicate job id, which we never reuse
         raise Unavailable("Could not queue the generation.")
     try:

@@ -71,10 +71,6 @@ async def activate(session: AsyncSession, adapter_id: uuid.UUID) -> Adapter:
     return adapter
 
 
-DELETE_REMOTE = "delete_remote_adapter"
-"""The worker task that removes an adapter's copy from the Modal Volume."""
-
-
 async def delete(session: AsyncSession, adapter_id: uuid.UUID) -> tuple[Path, str | None]:
     """Delete the row; return the directory to remove once committed, and its Modal Volume copy if any.
 

@@ -10,11 +10,10 @@ from services.api.deps import StateDep
 from services.api.errors import ApiError, GatewayTimeout, Unavailable
 from services.api.skills.service import get_skill
 from services.api.training.service import validate_base_model
+from shared.rules import tasks
 from shared.schemas.training import DEFAULT_BASE_MODEL
 
 router = APIRouter(prefix="/api", tags=["data"])
-
-DATA_REPORT = "data_report"
 
 
 class ReportFailed(ApiError):
@@ -44,7 +43,7 @@ async def data_report(
             "conversations": skill.training_data,
             "max_seq_length": max_seq_length,
         }
-    job = await state.redis.enqueue_job(DATA_REPORT, request, _queue_name=state.settings.queue_name)
+    job = await state.redis.enqueue_job(tasks.DATA_REPORT, request, _queue_name=state.settings.queue_name)
     if job is None:
         raise Unavailable("Could not queue the report.")
     try:

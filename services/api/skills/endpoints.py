@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile, status
 
-from services.api.adapters import service as adapters_service
 from services.api.deps import AfterCommitDep, SessionDep, SettingsDep
 from services.api.skills import service
 from services.api.skills.importers import MAX_IMPORT_BYTES
+from shared.rules import tasks
 from shared.schemas.jobs import Deleted
 from shared.schemas.skills import (
     ExamplesAppend,
@@ -54,7 +54,7 @@ async def delete_skill(
     refs = await service.delete_skill(session, skill_id)
     after_commit.call(lambda: service.remove_skill_files(settings.adapters_dir, skill_id))
     for ref in refs:  # adapters trained on Modal: their Volume copies go too
-        after_commit.enqueue(adapters_service.DELETE_REMOTE, ref)
+        after_commit.enqueue(tasks.DELETE_REMOTE_ADAPTER, ref)
     return Deleted(message=f"Skill '{skill_id}' deleted")
 
 

@@ -1,0 +1,268 @@
+"""How an attempt ends: the adapter promoted with its version, or the failure or cancel recorded.
+
+Each ending is one fenced `job_state` transition. Completion commits the version
+bump, the adapter row, the job's completion and its `complete` event together, and
+moves the adapter's files into place just before that commit (and back if it
+fails), so rows and files never disagree. Files are removed only after the
+transition took effect, and only this job's own.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.worker import store
+from services.worker.context import WorkerContext
+from services.worker.lease import Recorder, in_transaction, publish_quietly
+from shared.db import job_state
+from shared.db.job_state import LeaseLost
+from shared.db.models import ACTIVE_JOB_STATUSES, Adapter, Skill, TrainingJob, TrainingLog
+from shared.errors import CATALOGUE, ErrorCategory
+from shared.rules.devices import device_key
+from shared.schemas.training import TrainingSpec
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def checkpoint_root(settings: Settings, skill_id: str, job_id: uuid.UUID | str) -> Path:
+    """The job's checkpoints; each attempt writes its own `a<attempt>/` inside (services/gpu/checkpoints)."""
+    return settings.adapters_dir / skill_id / ".checkpoints" / str(job_id)
+
+
+def try_cost(ctx: WorkerContext, payload: dict[str, Any], wall_seconds: float) -> float:
+    """USD one trainer run cost: the GPU time a billing backend reports (Modal), else wall time at the local price."""
+    if getattr(ctx["backend"], "bills_gpu_time", False):
+        return float(payload.get("cost_usd") or 0.0)
+    return wall_seconds / 3600.0 * ctx["settings"].local_price_per_hour
+
+
+async def _measurements(
+    session: AsyncSession, job_id: uuid.UUID, job: TrainingJob, payload: dict[str, Any], wall_seconds: float
+) -> dict[str, Any]:
+    """What estimates calibrate on: tokens and seconds of the optimizer steps (the last
+    progress event's running totals), the rest of the run's wall time as startup, and
+    the time estimate's error against the run's wall time."""
+    last = await session.scalar(
+        select(TrainingLog.data)
+        .where(TrainingLog.job_id == job_id, TrainingLog.event_type == "progress")
+        .order_by(TrainingLog.seq.desc())
+        .limit(1)
+    )
+    tokens = (last or {}).get("tokens_seen")
+    step_seconds = (last or {}).get("elapsed_seconds")
+    rate = payload.get("tokens_per_second")
+    if isinstance(tokens, int) and isinstance(step_seconds, int | float) and tokens > 0 and step_seconds > 0:
+        rate = tokens / float(step_seconds)
+    elif isinstance(rate, int | float) and rate > 0:  # no progress event: the trainer's own figures
+        step_seconds = float(payload.get("training_time_seconds") or wall_seconds)
+        tokens = round(float(rate) * step_seconds)
+    else:
+        rate = tokens = step_seconds = None
+    estimate = (job.config or {}).get("estimate") or {}
+    estimated_seconds = estimate.get("seconds")
+    if estimated_seconds is None and job.estimated_time_minutes is not None:
+        estimated_seconds = job.estimated_time_minutes * 60.0
+    error = None
+    if estimated_seconds is not None and wall_seconds > 0:
+        error = round((float(estimated_seconds) - wall_seconds) / wall_seconds * 100.0, 1)
+    return {
+        "tokens_trained": tokens,
+        "tokens_per_second": round(float(rate), 2) if rate else None,
+        "startup_seconds": round(max(wall_seconds - float(step_seconds), 0.0), 2) if step_seconds else None,
+        "estimate_error_pct": error,
+    }
+
+
+def _eval_metrics(payload: dict[str, Any]) -> dict[str, Any]:
+    """Held-out loss before and after training, when the trainer had enough examples to split."""
+    keys = ("eval_loss_before", "eval_loss_after", "eval_examples", "improvement_pct")
+    return {key: payload[key] for key in keys if payload.get(key) is not None}
+
+
+async def complete(
+    ctx: WorkerContext,
+    recorder: Recorder,
+    job: TrainingJob,
+    spec: TrainingSpec,
+    payload: dict[str, Any],
+    wall_seconds: float,
+    spent: float = 0.0,
+) -> None:
+    """Promote the staged adapter as the skill's next version and complete the job, or raise LeaseLost."""
+    settings = ctx["settings"]
+    lease = recorder.lease
+    device = device_key(str(getattr(ctx["backend"], "device", "") or "cpu"))
+    training_seconds = float(payload.get("training_time_seconds") or wall_seconds)
+    cost = round(spent + try_cost(ctx, payload, wall_seconds), 4)  # failed tries are billed too
+    staging = Path(spec.output_dir)
+    hp = spec.hyperparameters
+
+    async def promote(session: AsyncSession) -> tuple[dict[str, Any], int, dict[str, Any]] | None:
+        # The counter is bumped in this transaction (and the skill row locked with it):
+        # versions are handed out once, whatever was deleted since.
+        version = await session.scalar(
+            update(Skill)
+            .where(Skill.id == job.skill_id)
+            .values(adapter_version_seq=Skill.adapter_version_seq + 1)
+            .returning(Skill.adapter_version_seq)
+        )
+        if version is None:  # the skill (and with it the job) was deleted meanwhile
+            return None
+        target = store.version_dir(settings.adapters_dir, job.skill_id, version)
+        await session.execute(update(Adapter).where(Adapter.skill_id == job.skill_id).values(is_active=False))
+        adapter = Adapter(
+            skill_id=job.skill_id,
+            training_job_id=job.id,
+            version=version,
+            is_active=True,
+            final_loss=payload.get("final_loss"),
+            training_examples=len(spec.conversations),
+            training_time_seconds=round(training_seconds),
+            storage_path=str(target),
+            adapter_size_bytes=store.size_bytes(staging),
+            base_model=spec.base_model,
+            lora_config={"r": hp.lora_r, "alpha": hp.lora_alpha, "dropout": hp.lora_dropout},
+            remote_ref=payload.get("adapter_ref"),  # set by the Modal backend: its copy on the Volume
+        )
+        session.add(adapter)
+        await session.flush()
+        measured = {"device": device} | await _measurements(session, job.id, job, payload, wall_seconds)
+        measured |= _eval_metrics(payload)
+        event = await job_state.complete(
+            session,
+            lease,
+            {
+                **payload,
+                "adapter_path": str(target),
+                "adapter_id": str(adapter.id),
+                "adapter_version": version,
+                "cost_usd": cost,
+                "training_examples": len(spec.conversations),
+                "training_time_seconds": round(training_seconds, 1),
+                "wall_time_seconds": round(wall_seconds, 1),
+                **measured,
+            },
+            final_loss=payload.get("final_loss"),
+            initial_loss=func.coalesce(TrainingJob.initial_loss, payload.get("initial_loss")),
+            training_time_seconds=round(training_seconds),
+            cost_usd=cost,
+            **measured,
+        )
+        if event is None:
+            return None  # rolled back: no version, no adapter row
+        # Files move last, just before the commit; `undo` moves them back if it fails.
+        store.promote(staging, target)
+        promoted.append(target)
+        return event, version, measured
+
+    promoted: list[Path] = []
+
+    def undo() -> None:
+        while promoted:
+            target = promoted.pop()
+            if target.exists() and not staging.exists():
+                store.promote(target, staging)
+
+    try:
+        result = await recorder.write("complete", promote, undo=undo)
+    except LeaseLost:
+        store.remove(staging)  # this attempt's own staging directory; nobody else writes there
+        raise
+    event, version, measured = result
+    await publish_quietly(ctx, event)
+    store.remove(checkpoint_root(settings, job.skill_id, job.id))
+    log.info(
+        "training_completed",
+        version=version,
+        final_loss=payload.get("final_loss"),
+        wall_seconds=round(wall_seconds, 1),
+        **measured,
+    )
+
+
+def failure_details(payload: dict[str, Any], attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stored and streamed shape of a final failure: what happened, what we tried, what to do."""
+    category = str(payload.get("category") or ErrorCategory.INTERNAL.value)
+    info = CATALOGUE[ErrorCategory(category)] if category in ErrorCategory.__members__ else None
+    return {
+        "category": category,
+        "severity": payload.get("severity") or (info.severity.value if info else None),
+        "message": payload.get("message"),
+        "user_message": payload.get("user_message") or (info.user_message if info else None),
+        "suggestions": payload.get("suggestions") or (list(info.suggestions) if info else []),
+        "attempts": attempts,
+        "exception_type": payload.get("exception_type"),
+        "traceback_tail": payload.get("traceback_tail"),
+    }
+
+
+async def fail(
+    ctx: WorkerContext,
+    recorder: Recorder,
+    job: TrainingJob,
+    spec: TrainingSpec,
+    payload: dict[str, Any],
+    attempts: list[dict[str, Any]],
+    cost: float | None = None,
+) -> None:
+    """The job's final failure; `cost`: what all its tries cost (None: leave the job's figure as it is)."""
+    details = failure_details(payload, attempts)
+    billed = {"cost_usd": round(cost, 4)} if cost is not None else {}
+    event = await recorder.write(
+        "fail",
+        lambda session: job_state.fail(
+            session,
+            recorder.lease,
+            {**payload, **details, "type": "error", "final": True, **billed},
+            error_message=f"{details['user_message']} ({details['message']})",
+            error_details=details,
+            recovery_attempts=attempts,
+            **billed,
+        ),
+    )
+    await publish_quietly(ctx, event)
+    store.remove(Path(spec.output_dir))
+    store.remove(checkpoint_root(ctx["settings"], job.skill_id, job.id))
+    log.warning("training_failed", category=details["category"], message=payload.get("message"))
+
+
+async def cancelled(ctx: WorkerContext, recorder: Recorder, job: TrainingJob, spec: TrainingSpec) -> None:
+    """Cancelled: no adapter, no partial files, a terminal `status` event."""
+    info = CATALOGUE[ErrorCategory.CANCELLED]
+    event = await recorder.write(
+        "cancelled",
+        lambda session: job_state.cancelled(
+            session,
+            recorder.lease,
+            {"type": "status", "status": "cancelled", "message": "Training cancelled"},
+            error_message=info.user_message,
+            error_details={
+                "category": ErrorCategory.CANCELLED.value,
+                "severity": info.severity.value,
+                "message": "Cancelled by request",
+                "user_message": info.user_message,
+                "suggestions": list(info.suggestions),
+                "attempts": [],
+            },
+        ),
+    )
+    await publish_quietly(ctx, event)
+    store.remove(Path(spec.output_dir))
+    store.remove(checkpoint_root(ctx["settings"], job.skill_id, job.id))
+    log.info("training_cancelled")
+
+
+async def still_running(ctx: WorkerContext, job_id: uuid.UUID) -> bool:
+    """Whether the job is still in flight (under any attempt): its checkpoints may still be needed."""
+
+    async def status(session: AsyncSession) -> str | None:
+        return await session.scalar(select(TrainingJob.status).where(TrainingJob.id == job_id))
+
+    return await in_transaction(ctx, status) in {s.value for s in ACTIVE_JOB_STATUSES}
