@@ -2,8 +2,9 @@
 
 Writers call `record_event` inside their transaction and `publish` after the
 commit, so a published event is always already in `fb_training_logs`. Readers
-(`stream_events`) subscribe first, then replay history after their last seq,
-then forward live events, dropping any seq they already sent.
+subscribe first, then replay history after their last seq, then forward live
+events, dropping any seq they already sent: `shared.event_hub.EventHub.stream`,
+one Redis subscription per process shared by all of its clients.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,15 +21,14 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db.models import TrainingJob, TrainingLog
-from shared.schemas.events import is_terminal
 
-# How long a stream waits on pub/sub before re-reading history from the
-# database: covers a lost pub/sub message or a publisher that died after commit.
-BACKFILL_INTERVAL_SECONDS = 2.0
+CHANNEL_PREFIX = "fastbrain:job:"
+# `fb_training_logs.seq` is a PostgreSQL integer: no stream position lies past it.
+MAX_SEQ = 2**31 - 1
 
 
 def channel(job_id: uuid.UUID | str) -> str:
-    return f"fastbrain:job:{job_id}"
+    return f"{CHANNEL_PREFIX}{job_id}"
 
 
 def _level(payload: dict[str, Any]) -> str:
@@ -88,14 +89,18 @@ async def publish(redis: Redis, events: list[dict[str, Any]] | dict[str, Any]) -
         await redis.publish(channel(event["job_id"]), json.dumps(event))
 
 
-async def history(session: AsyncSession, job_id: uuid.UUID, after_seq: int = 0) -> list[dict[str, Any]]:
-    """A job's stored events with seq > `after_seq`, in order."""
-    rows = await session.scalars(
+async def history(
+    session: AsyncSession, job_id: uuid.UUID, after_seq: int = 0, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """A job's stored events with seq > `after_seq`, in order (the first `limit` of them)."""
+    query = (
         select(TrainingLog.data)
         .where(TrainingLog.job_id == job_id, TrainingLog.seq > after_seq)
         .order_by(TrainingLog.seq)
     )
-    return list(rows)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(await session.scalars(query))
 
 
 async def read_history(
@@ -105,50 +110,24 @@ async def read_history(
         return await history(session, job_id, after_seq)
 
 
-async def _job_exists(sessionmaker: async_sessionmaker[AsyncSession], job_id: uuid.UUID) -> bool:
-    async with sessionmaker() as session:
-        return await session.scalar(select(TrainingJob.id).where(TrainingJob.id == job_id)) is not None
-
-
 async def stream_events(
     redis: Redis,
     sessionmaker: async_sessionmaker[AsyncSession],
     job_id: uuid.UUID,
     after_seq: int = 0,
 ) -> AsyncGenerator[dict[str, Any], None]:
-    """History after `after_seq`, then live events, in seq order, each once.
+    """History after `after_seq`, then live events, in seq order, each once; ends with the job.
 
-    Ends after the job's terminal event.
+    A one-off stream with a hub of its own (one pub/sub connection); a process that
+    streams to many clients shares one `EventHub` instead (the API does).
     """
-    pubsub = redis.pubsub()
-    await pubsub.subscribe(channel(job_id))
-    last = after_seq
+    from shared.event_hub import EventHub  # it builds on this module
+
+    hub = EventHub(redis, sessionmaker)
+    await hub.start()
     try:
-        pending = await read_history(sessionmaker, job_id, last)
-        while True:
-            for event in pending:
-                if event["seq"] <= last:
-                    continue
-                if event["seq"] > last + 1:
-                    # A gap: something published was missed; fill it from the table.
-                    for missed in await read_history(sessionmaker, job_id, last):
-                        if missed["seq"] >= event["seq"]:
-                            break
-                        last = missed["seq"]
-                        yield missed
-                        if is_terminal(missed):
-                            return
-                last = event["seq"]
+        async with aclosing(hub.stream(job_id, after_seq)) as events:
+            async for event in events:
                 yield event
-                if is_terminal(event):
-                    return
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=BACKFILL_INTERVAL_SECONDS)
-            if message is None:
-                pending = await read_history(sessionmaker, job_id, last)
-                if not pending and not await _job_exists(sessionmaker, job_id):
-                    return  # deleted with its skill: nothing more will come
-            else:
-                pending = [json.loads(message["data"])]
     finally:
-        await pubsub.unsubscribe(channel(job_id))
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await hub.aclose()

@@ -8,11 +8,11 @@ from importlib.resources import files
 from pathlib import Path
 
 from arq import create_pool
-from arq.connections import RedisSettings
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from redis.asyncio import Redis
 from starlette.responses import Response
 from starlette.types import Scope
 
@@ -25,6 +25,8 @@ from services.api.streams.endpoints import router as streams_router
 from services.api.system.endpoints import router as system_router
 from services.api.training.endpoints import router as training_router
 from shared.db.engine import create_engine, create_sessionmaker
+from shared.event_hub import EventHub, hub_client_name
+from shared.queue import redis_settings
 from shared.settings import Settings
 
 SWAGGER_ASSETS = str(files("fastapi_offline") / "static")
@@ -34,6 +36,11 @@ DESCRIPTION = """Fast Brain turns a *skill* (a system prompt plus example conver
 into a LoRA adapter: create a skill, start training, follow it live over the
 WebSocket, then chat with the adapter. Errors use one shape:
 `{"error": {"code", "message", "details", "suggestions"}}`."""
+# uvicorn's protocol-level WebSocket keepalive: a client that stops answering PINGs
+# (its network went away without a close) is dropped within 4 s, and its stream with
+# it. `fastbrain api` passes these to uvicorn; so should any other way of serving the app.
+WS_PING_INTERVAL_SECONDS = 2.0
+WS_PING_TIMEOUT_SECONDS = 2.0
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -42,12 +49,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(database_url)
-        redis = await create_pool(RedisSettings.from_dsn(redis_url), default_queue_name=settings.queue_name)
-        app.state.fastbrain = AppState(settings=settings, sessionmaker=create_sessionmaker(engine), redis=redis)
+        engine = create_engine(database_url, application_name="fastbrain-api")
+        sessionmaker = create_sessionmaker(engine)
+        redis = await create_pool(redis_settings(redis_url), default_queue_name=settings.queue_name)
+        # Its own named connection: `CLIENT LIST` shows one `fastbrain-api-hub:<host>:<pid>` per API process.
+        hub_redis = Redis.from_url(redis_url, client_name=hub_client_name())
+        hub = EventHub(hub_redis, sessionmaker)
+        await hub.start()
+        app.state.fastbrain = AppState(settings=settings, sessionmaker=sessionmaker, redis=redis, hub=hub)
         try:
             yield
         finally:
+            await hub.aclose()
+            await hub_redis.aclose()
             await redis.aclose()
             await engine.dispose()
 

@@ -11,6 +11,7 @@ from arq.connections import ArqRedis
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.event_hub import EventHub
 from shared.events import publish
 from shared.settings import Settings
 
@@ -20,6 +21,7 @@ class AppState:
     settings: Settings
     sessionmaker: async_sessionmaker[AsyncSession]
     redis: ArqRedis
+    hub: EventHub  # the process's one Redis subscription, shared by every WebSocket
 
 
 @dataclass

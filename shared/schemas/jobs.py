@@ -127,7 +127,18 @@ class JobStatusOut(BaseModel):
     started_at: datetime | None
     completed_at: datetime | None
     last_event_seq: int
-    metrics_history: list[MetricPoint]
+    metrics_history: list[MetricPoint] = Field(
+        description="Per-step metrics, oldest first: the latest `metrics_limit` points (default 200), "
+        "or all of them with `metrics=all`."
+    )
+    metrics_total: int = Field(description="Progress points the job has in all (`metrics_history` may hold fewer).")
+
+
+class EventPage(BaseModel):
+    job_id: uuid.UUID
+    events: list[dict[str, Any]] = Field(description="`{job_id, seq, ts, type, ...}`, as the WebSocket sends them.")
+    next_after_seq: int = Field(description="`after_seq` for the next page: the last seq here, or the one given.")
+    has_more: bool = Field(description="More events are stored after this page.")
 
 
 class AdapterOut(BaseModel):

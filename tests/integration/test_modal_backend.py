@@ -268,7 +268,7 @@ async def test_worker_trains_on_modal_backend_end_to_end(
     ctx = await _context(stack, sessionmaker)
     assert await run_training(ctx, job_id) == "completed"
 
-    events = (await http.get(f"/api/training-jobs/{job_id}/events")).json()
+    events = (await http.get(f"/api/training-jobs/{job_id}/events")).json()["events"]
     types = [e["type"] for e in events]
     assert types[0] == "status" and types[-1] == "complete", types
     assert not {"remote_call", "adapter_file"} & set(types)
@@ -349,7 +349,7 @@ async def test_cancel_stops_the_modal_training(
     task = asyncio.create_task(run_training(ctx, job_id))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        events = (await http.get(f"/api/training-jobs/{job_id}/events")).json()
+        events = (await http.get(f"/api/training-jobs/{job_id}/events")).json()["events"]
         if any(e["type"] == "progress" for e in events):
             break
         await asyncio.sleep(0.2)
@@ -361,7 +361,7 @@ async def test_cancel_stops_the_modal_training(
     assert time.monotonic() - cancelled_at < 10
     # The in-process "container" stopped: no trainer thread is left running.
     assert not [t for t in threading.enumerate() if t.name in (f"trainer-{job_id}", "modal-local-call")]
-    events = (await http.get(f"/api/training-jobs/{job_id}/events")).json()
+    events = (await http.get(f"/api/training-jobs/{job_id}/events")).json()["events"]
     steps = [e["step"] for e in events if e["type"] == "progress"]
     assert events[-1]["type"] == "status" and events[-1]["status"] == "cancelled"
     assert max(steps) < 200

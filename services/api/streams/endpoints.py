@@ -1,40 +1,104 @@
-"""WebSocket stream of a job's events: history first, then live, no gaps or duplicates."""
+"""WebSocket stream of a job's events: history first, then live, no gaps or duplicates.
+
+Each socket runs two tasks: the sender (the process's `EventHub` stream, history
+then live) and a receiver that waits for the client to leave. Whichever ends first
+ends the other, so a client that goes away releases its subscription at once, and
+one that goes silent is dropped by uvicorn's PINGs (`WS_PING_INTERVAL_SECONDS`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from contextlib import aclosing
 from typing import Annotated
 
+import structlog
 from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from sqlalchemy import select
+from starlette.websockets import WebSocketState
 
 from services.api.deps import AppState
 from shared.db.models import TrainingJob
-from shared.events import stream_events
+from shared.events import MAX_SEQ
 
 router = APIRouter(prefix="/api", tags=["streams"])
+log = structlog.get_logger(__name__)
+
+CLOSE_NORMAL = 1000
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_NOT_FOUND = 4404
+CLOSE_INVALID = 4422
 
 
 @router.websocket("/training-stream/{job_id}")
-async def training_stream(websocket: WebSocket, job_id: uuid.UUID, after_seq: Annotated[int, Query(ge=0)] = 0) -> None:
+async def training_stream(websocket: WebSocket, job_id: uuid.UUID, after_seq: Annotated[str, Query()] = "0") -> None:
     """Sends `{job_id, seq, ts, type, ...}` messages (`status`, `log`, `progress`,
-    `complete`, `error`). Reconnect with `?after_seq=<last seq seen>` to resume.
-    The server closes the socket (code 1000) after the job's final event."""
+    `complete`, `error`): the job's stored events after `after_seq`, then live ones.
+    Reconnect with `?after_seq=<last seq seen>` to resume without gaps or duplicates.
+
+    The server closes the socket with code 1000 after the job's final event, and at
+    once (after sending what is left after `after_seq`, maybe nothing) for a job that
+    already ended. An unknown job gets one `{"type": "error", "category": "NOT_FOUND",
+    "final": true}` message, then close code 4404; an `after_seq` that is not an integer
+    from 0 to 2147483647 gets a `VALIDATION_ERROR` one, then 4422. Idle sockets are kept
+    honest by protocol-level PINGs: a client that stops answering is dropped within 5 s."""
+    position = _position(after_seq)
+    if position is None:
+        await websocket.accept()
+        message = f"after_seq must be an integer from 0 to {MAX_SEQ}, not '{after_seq[:40]}'."
+        await websocket.send_json({"type": "error", "category": "VALIDATION_ERROR", "message": message, "final": True})
+        await websocket.close(code=CLOSE_INVALID)
+        return
     state: AppState = websocket.app.state.fastbrain
     async with state.sessionmaker() as session:
-        exists = await session.get(TrainingJob, job_id) is not None
+        exists = await session.scalar(select(TrainingJob.id).where(TrainingJob.id == job_id)) is not None
     await websocket.accept()
     if not exists:
         await websocket.send_json(
             {"type": "error", "category": "NOT_FOUND", "message": f"Training job '{job_id}' not found.", "final": True}
         )
-        await websocket.close(code=4404)
+        await websocket.close(code=CLOSE_NOT_FOUND)
         return
-    # aclosing: a client that leaves mid-stream releases its pub/sub connection now, not at GC.
-    async with aclosing(stream_events(state.redis, state.sessionmaker, job_id, after_seq)) as events:
-        try:
+
+    async def send_events() -> None:
+        # aclosing: the subscription is released when this task ends or is cancelled, not at GC.
+        async with aclosing(state.hub.stream(job_id, position)) as events:
             async for event in events:
                 await websocket.send_json(event)
-        except (WebSocketDisconnect, RuntimeError):  # the client went away
+
+    sender = asyncio.create_task(send_events(), name=f"stream-send-{job_id}")
+    receiver = asyncio.create_task(_until_disconnect(websocket), name=f"stream-receive-{job_id}")
+    try:
+        await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sender, receiver):
+            task.cancel()
+        await asyncio.gather(sender, receiver, return_exceptions=True)
+    if receiver.done() and not receiver.cancelled():
+        return  # the client left (or was dropped by the keepalive): nothing to close
+    error = sender.exception() if sender.done() and not sender.cancelled() else None
+    if isinstance(error, WebSocketDisconnect | OSError) or websocket.client_state != WebSocketState.CONNECTED:
+        return  # the send failed because the client is gone
+    if error is not None:
+        log.error("stream_failed", job_id=str(job_id), error=repr(error))
+    with contextlib.suppress(RuntimeError, OSError):
+        await websocket.close(code=CLOSE_INTERNAL_ERROR if error is not None else CLOSE_NORMAL)
+
+
+def _position(after_seq: str) -> int | None:
+    """`after_seq` as a stream position, or None when it is not one."""
+    text = after_seq.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 10:
+        return None
+    value = int(text)
+    return value if value <= MAX_SEQ else None
+
+
+async def _until_disconnect(websocket: WebSocket) -> None:
+    """Returns when the client closes or its connection is lost; what it sends is ignored."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
             return
-    await websocket.close(code=1000)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, status
 
 from services.api.deps import AfterCommitDep, SessionDep, SettingsDep
 from services.api.training import service
 from shared.db.models import JobStatus
-from shared.events import history
+from shared.events import MAX_SEQ, history
 from shared.schemas.jobs import (
     EstimateOut,
     EstimateRequest,
+    EventPage,
     JobCancelOut,
     JobList,
     JobStatusOut,
@@ -63,9 +64,23 @@ async def estimate_training(
 
 
 @router.get("/training-status/{job_id}", summary="Status of a training job")
-async def training_status(job_id: uuid.UUID, session: SessionDep) -> JobStatusOut:
-    """Progress, losses, timing, cost, errors and the per-step metrics history."""
-    return await service.job_status(session, job_id)
+async def training_status(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    metrics_limit: Annotated[
+        int, Query(ge=0, le=10_000, description="How many of the latest metrics points to send (0: none).")
+    ] = service.DEFAULT_METRICS_LIMIT,
+    metrics: Annotated[
+        Literal["latest", "all"], Query(description="`all`: the full metrics history, ignoring `metrics_limit`.")
+    ] = "latest",
+) -> JobStatusOut:
+    """Progress, losses, timing, cost, errors and the per-step metrics history.
+
+    `metrics_history` holds the **latest** `metrics_limit` progress points (default 200),
+    oldest first; `metrics_total` says how many the job has. Ask for `metrics=all` to get
+    every point, or page through all events with `GET /api/training-jobs/{job_id}/events`."""
+    limit = None if metrics == "all" else metrics_limit
+    return await service.job_status(session, job_id, metrics_limit=limit)
 
 
 @router.get("/training-jobs", summary="Training history, newest first")
@@ -82,13 +97,26 @@ async def training_jobs(
     return JobList(jobs=jobs, total=total)
 
 
-@router.get("/training-jobs/{job_id}/events", summary="A job's stored events (the stream's history)")
+@router.get("/training-jobs/{job_id}/events", summary="A job's stored events (the stream's history), paged")
 async def training_events(
-    job_id: uuid.UUID, session: SessionDep, after_seq: Annotated[int, Query(ge=0)] = 0
-) -> list[dict[str, Any]]:
-    """The same events the WebSocket sends, for clients that poll instead of stream."""
+    job_id: uuid.UUID,
+    session: SessionDep,
+    after_seq: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Send events with a seq above this one.")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many events.")] = 500,
+) -> EventPage:
+    """The same events the WebSocket sends, in seq order, for clients that poll instead
+    of stream: up to `limit` events with `seq > after_seq`. Ask again with
+    `after_seq=next_after_seq` while `has_more` is true (or, polling a running job,
+    until its terminal event arrives)."""
     await service.get_job(session, job_id)
-    return await history(session, job_id, after_seq)
+    page = await history(session, job_id, after_seq, limit=limit + 1)
+    events = page[:limit]
+    return EventPage(
+        job_id=job_id,
+        events=events,
+        next_after_seq=events[-1]["seq"] if events else after_seq,
+        has_more=len(page) > limit,
+    )
 
 
 @router.post(

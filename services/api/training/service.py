@@ -9,16 +9,20 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer, load_only
 
 from services.api.deps import AfterCommit
 from services.api.errors import Conflict, NotFound, Unprocessable
 from services.api.skills.service import get_skill
 from services.api.skills.validation import MIN_EXAMPLES, validate_examples
 from services.api.training import estimate as estimates
-from services.api.training.lengths import length_warning, template_problems
 from services.gpu.catalog import local_model_ids, model_ids
+from shared.db import job_state
 from shared.db.models import ACTIVE_JOB_STATUSES, Adapter, JobStatus, Skill, TrainingJob, TrainingLog
-from shared.events import record_event
+from shared.rules import tasks
+from shared.rules.devices import device_for
+from shared.rules.templates import template_problems
+from shared.rules.tokens import count_example_tokens, length_warning
 from shared.schemas.jobs import (
     EstimateOut,
     EstimateRequest,
@@ -31,8 +35,6 @@ from shared.schemas.jobs import (
 )
 from shared.schemas.training import Hyperparameters, TrainingConfigRequest
 from shared.settings import Settings
-
-RUN_TRAINING = "run_training"
 
 
 def validate_base_model(base_model: str, backend: str = "local", field: str = "config.base_model") -> None:
@@ -79,9 +81,9 @@ async def compute_estimate(
     gpu_type: str | None,
 ) -> estimates.Estimate:
     """The one estimate both POST /api/skills/{id}/estimate and POST /api/train-skill give."""
-    device = estimates.device_for(backend, gpu_type, await estimates.local_device(session))
+    device = device_for(backend, gpu_type, await estimates.local_device(session))
     example_tokens, token_count = await asyncio.to_thread(
-        estimates.count_example_tokens, settings.models_dir, base_model, skill.system_prompt, skill.training_data
+        count_example_tokens, settings.models_dir, base_model, skill.system_prompt, skill.training_data
     )
     try:
         price = estimates.price_for(backend, gpu_type, settings.modal_gpu_prices, settings.local_price_per_hour)
@@ -207,7 +209,6 @@ async def start_training(
     )
     job = TrainingJob(
         skill_id=skill_id,
-        status=JobStatus.QUEUED.value,
         config={
             "preset": config.preset.value,
             "base_model": config.base_model,
@@ -219,25 +220,16 @@ async def start_training(
         estimated_cost=guess.cost_usd,
         estimated_time_minutes=guess.minutes,
         backend=settings.gpu_backend,
+        max_attempts=settings.max_attempts,
     )
-    session.add(job)
+    message = f"Queued: {len(skill.training_data)} examples on {config.base_model} ({config.preset.value})"
     try:
-        await session.flush()
+        started = await job_state.start(session, job, message)
     except IntegrityError as exc:  # the partial unique index: a concurrent start won
         raise _already_training(skill_id, None) from exc
-    event = await record_event(
-        session,
-        job.id,
-        {
-            "type": "status",
-            "status": JobStatus.QUEUED.value,
-            "message": f"Queued: {len(skill.training_data)} examples on {config.base_model} ({config.preset.value})",
-        },
-    )
-    arq_job_id = f"train:{job.id}:1"
-    job.arq_job_id = arq_job_id
-    after_commit.enqueue(RUN_TRAINING, str(job.id), _job_id=arq_job_id)
-    after_commit.publish(event)
+    after_commit.enqueue(tasks.RUN_TRAINING, str(job.id), _job_id=started.arq_job_id)
+    if started.event is not None:
+        after_commit.publish(started.event)
     return TrainAccepted(
         job_id=job.id,
         status=job.status,
@@ -249,20 +241,31 @@ async def start_training(
     )
 
 
+# Job answers never carry the training data: a skill's dataset can be megabytes.
+WITHOUT_DATASET = defer(TrainingJob.dataset, raiseload=True)
+# `GET /api/training-status` sends this many of the latest metrics points unless asked otherwise.
+DEFAULT_METRICS_LIMIT = 200
+
+
 async def get_job(session: AsyncSession, job_id: uuid.UUID) -> TrainingJob:
-    job = await session.get(TrainingJob, job_id)
+    """The job row without its `dataset` (reading it raises); 404 when there is none."""
+    job = await session.get(TrainingJob, job_id, options=[WITHOUT_DATASET])
     if job is None:
         raise NotFound(f"Training job '{job_id}' not found.", details={"job_id": str(job_id)}, code="job_not_found")
     return job
 
 
-async def job_status(session: AsyncSession, job_id: uuid.UUID) -> JobStatusOut:
+async def job_status(
+    session: AsyncSession, job_id: uuid.UUID, metrics_limit: int | None = DEFAULT_METRICS_LIMIT
+) -> JobStatusOut:
+    """The job's row and its latest `metrics_limit` progress points (all of them for None)."""
     job = await get_job(session, job_id)
-    progress_events = await session.scalars(
-        select(TrainingLog.data)
-        .where(TrainingLog.job_id == job_id, TrainingLog.event_type == "progress")
-        .order_by(TrainingLog.seq)
-    )
+    is_progress = (TrainingLog.job_id == job_id, TrainingLog.event_type == "progress")
+    latest = select(TrainingLog.data).where(*is_progress).order_by(TrainingLog.seq.desc())
+    if metrics_limit is not None:
+        latest = latest.limit(metrics_limit)
+    progress_events = list(reversed(list(await session.scalars(latest))))
+    metrics_total = await session.scalar(select(func.count()).select_from(TrainingLog).where(*is_progress)) or 0
     adapter = (
         await session.execute(select(Adapter.id, Adapter.training_examples).where(Adapter.training_job_id == job_id))
     ).first()
@@ -307,6 +310,7 @@ async def job_status(session: AsyncSession, job_id: uuid.UUID) -> JobStatusOut:
         completed_at=job.completed_at,
         last_event_seq=job.event_seq,
         metrics_history=[MetricPoint.model_validate(e) for e in progress_events],
+        metrics_total=metrics_total,
     )
 
 
@@ -332,7 +336,22 @@ def _summary(job: TrainingJob, skill_name: str | None) -> JobSummary:
 async def list_jobs(
     session: AsyncSession, *, skill_id: str | None, status: str | None, limit: int, offset: int
 ) -> tuple[list[JobSummary], int]:
-    query = select(TrainingJob, Skill.name).join(Skill, Skill.id == TrainingJob.skill_id)
+    # Only the summary's columns: a list never loads datasets (or error details, configs aside).
+    summary_columns = load_only(
+        TrainingJob.id,
+        TrainingJob.skill_id,
+        TrainingJob.status,
+        TrainingJob.config,
+        TrainingJob.progress,
+        TrainingJob.final_loss,
+        TrainingJob.training_time_seconds,
+        TrainingJob.cost_usd,
+        TrainingJob.error_message,
+        TrainingJob.created_at,
+        TrainingJob.completed_at,
+        raiseload=True,
+    )
+    query = select(TrainingJob, Skill.name).join(Skill, Skill.id == TrainingJob.skill_id).options(summary_columns)
     count = select(func.count()).select_from(TrainingJob)
     if skill_id:
         query = query.where(TrainingJob.skill_id == skill_id)
@@ -350,31 +369,16 @@ async def list_jobs(
 async def cancel(session: AsyncSession, after_commit: AfterCommit, job_id: uuid.UUID) -> JobCancelOut:
     """A queued job is cancelled at once and never starts; a running one is asked
     to stop (its worker ends the trainer within seconds and reports `cancelled`)."""
-    job = await session.scalar(select(TrainingJob).where(TrainingJob.id == job_id).with_for_update())
-    if job is None:
+    outcome, event = await job_state.cancel(session, job_id)
+    if outcome == "not_found":
         raise NotFound(f"Training job '{job_id}' not found.", details={"job_id": str(job_id)}, code="job_not_found")
-    if job.status in (JobStatus.PENDING.value, JobStatus.QUEUED.value):
-        job.status = JobStatus.CANCELLED.value
-        job.completed_at = func.now()
-        job.error_message = "Training was cancelled."
-        job.error_details = {"category": "CANCELLED", "message": "Cancelled before it started", "attempts": []}
-        await session.flush()
-        event = await record_event(
-            session, job.id, {"type": "status", "status": "cancelled", "message": "Cancelled before it started"}
-        )
+    if event is not None:
         after_commit.publish(event)
-        return JobCancelOut(job_id=job.id, status=JobStatus.CANCELLED.value)
-    if job.status == JobStatus.RUNNING.value:
-        if job.cancel_requested_at is None:
-            job.cancel_requested_at = func.now()
-            await session.flush()
-            after_commit.publish(
-                await record_event(session, job.id, {"type": "log", "level": "warning", "message": "Cancel requested"})
-            )
-        return JobCancelOut(job_id=job.id, status="cancelling")
+    if outcome in ("cancelled", "cancelling"):
+        return JobCancelOut(job_id=job_id, status=outcome)
     raise Conflict(
-        f"Training job '{job_id}' already ended ({job.status}).",
-        details={"job_id": str(job_id), "status": job.status},
+        f"Training job '{job_id}' already ended ({outcome}).",
+        details={"job_id": str(job_id), "status": outcome},
         code="job_already_ended",
     )
 

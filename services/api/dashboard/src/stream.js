@@ -40,9 +40,10 @@ export function followJob(jobId, { onEvent, onConnection }) {
       if (isTerminal(event)) finished = true;
       onEvent(event);
     };
-    socket.onclose = () => {
+    socket.onclose = (close) => {
       if (stopped) return;
-      if (finished) return onConnection("closed");
+      // 1000: the server ended the stream (the job is over); 4xxx: it never will stream (unknown job, bad position).
+      if (finished || close.code === 1000 || close.code >= 4000) return onConnection("closed");
       retry += 1;
       onConnection("reconnecting");
       timer = setTimeout(open, Math.min(5000, 250 * 2 ** Math.min(retry, 5)));
