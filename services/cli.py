@@ -21,11 +21,18 @@ from shared.settings import Settings
 def _api(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from services.api.app import create_app
+    from services.api.app import WS_PING_INTERVAL_SECONDS, WS_PING_TIMEOUT_SECONDS, create_app
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=settings.log_level.lower())
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level.lower(),
+        ws_ping_interval=WS_PING_INTERVAL_SECONDS,  # a silent WebSocket peer is dropped within 5 s
+        ws_ping_timeout=WS_PING_TIMEOUT_SECONDS,
+    )
 
 
 def _worker(_: argparse.Namespace) -> None:
@@ -51,7 +58,7 @@ def _migrate(args: argparse.Namespace) -> None:
 
 
 def _dev(args: argparse.Namespace) -> None:
-    from services.dev import run_dev
+    from services.dev.command import run_dev
 
     run_dev(host=args.host, port=args.port, demo=not args.no_demo)
 

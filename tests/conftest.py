@@ -25,9 +25,9 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from services.dev.embedded import port_open, start_embedded
 from shared.db import migrate
 from shared.db.engine import create_engine, create_sessionmaker
-from shared.embedded import port_open, start_embedded
 from shared.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

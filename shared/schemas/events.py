@@ -3,13 +3,19 @@
 A trainer emits *payloads* (no seq, no job id) as JSON lines. The worker stamps
 each with `{job_id, seq, ts}`, writes it to `fb_training_logs`, then publishes
 it on `fastbrain:job:{job_id}`. Streams send the stamped form.
+
+Every payload a GPU backend receives from a trainer passes `check_trainer_payload` first: a
+malformed one becomes an `INTERNAL` error payload, never a forwarded blob.
 """
 
 from __future__ import annotations
 
+import reprlib
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from shared.errors import CATALOGUE, ErrorCategory
 
 
 class _Payload(BaseModel):
@@ -70,6 +76,31 @@ class ErrorPayload(_Payload):
     exception_type: str | None = None
     traceback_tail: str | None = None
 
+    @field_validator("category")
+    @classmethod
+    def _known_category(cls, value: str) -> str:
+        if value not in ErrorCategory.__members__:
+            raise ValueError(f"not a category of the taxonomy ({', '.join(ErrorCategory)})")
+        return value
+
+
+class RemoteCallPayload(_Payload):
+    """Modal only, consumed by the Modal backend (never recorded): the remote call's id, to cancel it."""
+
+    type: Literal["remote_call"] = "remote_call"
+    function_call_id: str | None = None
+    gpu: str | None = None
+
+
+class AdapterFilePayload(_Payload):
+    """Modal only, consumed by the Modal backend (never recorded): one chunk of one adapter file."""
+
+    type: Literal["adapter_file"] = "adapter_file"
+    name: str = Field(min_length=1)
+    offset: int = Field(0, ge=0)
+    data: bytes
+    last: bool = False
+
 
 Payload = Annotated[
     ProgressPayload | LogPayload | StatusPayload | CompletePayload | ErrorPayload,
@@ -77,12 +108,82 @@ Payload = Annotated[
 ]
 payload_adapter: TypeAdapter[Payload] = TypeAdapter(Payload)
 
+# What a trainer may send (`status` events are the worker's own), and what the Modal class adds.
+TrainerPayload = Annotated[ProgressPayload | LogPayload | CompletePayload | ErrorPayload, Field(discriminator="type")]
+RemoteTrainerPayload = Annotated[
+    ProgressPayload | LogPayload | CompletePayload | ErrorPayload | RemoteCallPayload | AdapterFilePayload,
+    Field(discriminator="type"),
+]
+_trainer_adapter: TypeAdapter[TrainerPayload] = TypeAdapter(TrainerPayload)
+_remote_trainer_adapter: TypeAdapter[RemoteTrainerPayload] = TypeAdapter(RemoteTrainerPayload)
+TRAINER_TYPES = ("progress", "log", "complete", "error")
+REMOTE_TRAINER_TYPES = (*TRAINER_TYPES, "remote_call", "adapter_file")
+
+MALFORMED_MESSAGE_CHARS = 500
+_short = reprlib.Repr()  # a bounded repr of what was sent (Python 3.11 takes no keyword arguments here)
+_short.maxlevel, _short.maxdict, _short.maxlist, _short.maxstring, _short.maxother = 3, 8, 8, 80, 80
+
 
 def parse_payload(data: dict[str, Any] | str | bytes) -> Payload:
     """Validate one payload from a dict or a JSON line."""
     if isinstance(data, dict):
         return payload_adapter.validate_python(data)
     return payload_adapter.validate_json(data)
+
+
+def check_trainer_payload(data: object, *, remote: bool = False) -> dict[str, Any]:
+    """One payload from a trainer, checked at the worker's boundary (both backends call this on each).
+
+    A known trainer event with fields of the right types is returned as it came (the same dict:
+    extra fields kept, nothing coerced). Anything else (not an object, an unknown type, a missing
+    or mistyped field) becomes an `INTERNAL` error payload that names what was wrong. Like every
+    trainer error it carries no `final`: the worker's recovery decides, and INTERNAL fails the job.
+    `remote`: also accept the Modal class's own `remote_call` and `adapter_file`.
+
+    Validation is strict (a `"3"` is not a step, a `true` is not a count): the trainer writes
+    these payloads itself, so a coerced value would be a bug hidden.
+    """
+    if not isinstance(data, dict):
+        return malformed_payload(f"expected a JSON object, got {type(data).__name__}", data)
+    known = REMOTE_TRAINER_TYPES if remote else TRAINER_TYPES
+    kind = data.get("type")
+    if kind not in known:
+        what = "no event type" if kind is None else f"unknown event type {_short.repr(kind)}"
+        return malformed_payload(f"{what} (expected one of {', '.join(known)})", data)
+    adapter = _remote_trainer_adapter if remote else _trainer_adapter
+    try:
+        adapter.validate_python(data, strict=True)
+    except ValidationError as exc:
+        return malformed_payload(_describe_errors(exc), data)
+    return data
+
+
+def malformed_payload(reason: str, data: object) -> dict[str, Any]:
+    """The `INTERNAL` error payload that stands in for a malformed trainer event."""
+    info = CATALOGUE[ErrorCategory.INTERNAL]
+    message = f"Trainer sent a malformed event: {reason}; got {_short.repr(data)}"
+    if len(message) > MALFORMED_MESSAGE_CHARS:
+        message = message[: MALFORMED_MESSAGE_CHARS - 1] + "…"
+    return {
+        "type": "error",
+        "category": ErrorCategory.INTERNAL.value,
+        "message": message,
+        "severity": info.severity.value,
+        "user_message": info.user_message,
+        "suggestions": list(info.suggestions),
+        "exception_type": None,
+        "traceback_tail": None,
+    }
+
+
+def _describe_errors(exc: ValidationError, limit: int = 3) -> str:
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False)[:limit]:
+        loc = ".".join(str(part) for part in error["loc"])
+        parts.append(f"{loc}: {error['msg']}" if loc else error["msg"])
+    if exc.error_count() > limit:
+        parts.append(f"and {exc.error_count() - limit} more")
+    return "; ".join(parts)
 
 
 def is_terminal(event: dict[str, Any]) -> bool:

@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 import redis
 
-from shared.embedded import (
+from services.dev.embedded import (
     EmbeddedServices,
     _pid_alive,
     port_open,
@@ -150,7 +150,7 @@ def test_no_orphans_after_sigint(tmp_path: Path) -> None:
         f"""
         import sys, time
         from pathlib import Path
-        from shared.embedded import start_embedded
+        from services.dev.embedded import start_embedded
         s = start_embedded(Path({str(tmp_path)!r}), need_postgres=True, need_redis=True)
         print(s.redis_url, flush=True)
         time.sleep(120)

@@ -21,6 +21,7 @@ from shared.db.models import JobStatus, Skill, TrainingJob, TrainingLog
 from shared.events import channel, publish, record_event, stream_events
 from shared.settings import Settings
 from tests.conftest import demo_conversations
+from tests.waiting import wait_until
 
 TABLES = {"fb_skills", "fb_training_jobs", "fb_adapters", "fb_training_logs"}
 
@@ -73,7 +74,8 @@ async def test_events_are_persisted_then_streamed_without_gaps(
             received.append(event)
 
     consumer = asyncio.create_task(consume())
-    await asyncio.sleep(0.3)
+    # The stream subscribes before it reads history: once the history is here, live events reach it.
+    await wait_until(lambda: len(received) >= 2, 10, "the stream never replayed the history")
     # A duplicate publish of an old event (as after a publisher retry) is dropped.
     await redis.publish(channel(job_id), json.dumps(first))
     await emit({"type": "progress", "step": 1, "total_steps": 1, "epoch": 1.0, "total_epochs": 1, "progress": 100})

@@ -1,8 +1,10 @@
-"""The model catalog: lookups, errors that name the allowed ids, and the services/gpu import rules."""
+"""The model catalog: lookups, errors that name the allowed ids, a torch-free import.
+
+The services/gpu import rules are in tests/unit/test_import_rules.py (import-linter and its graph).
+"""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -89,24 +91,3 @@ def test_catalog_import_is_torch_free() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
-
-
-def _imported_modules(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
-
-
-def test_services_gpu_imports_only_shared_schemas_and_errors() -> None:
-    for path in sorted((REPO_ROOT / "services" / "gpu").rglob("*.py")):
-        for name in _imported_modules(path):
-            top = name.split(".")[0]
-            assert top != "sqlalchemy", f"{path}: imports {name}"
-            if top == "services":
-                assert name.startswith("services.gpu"), f"{path}: imports {name}"
-            if top == "shared":
-                assert name.startswith(("shared.schemas", "shared.errors")), f"{path}: imports {name}"

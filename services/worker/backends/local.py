@@ -2,7 +2,8 @@
 
 A crash or an OOM kill of the child cannot take the worker down, and cancel
 is a signal to it. Events arrive as JSON lines on its stdout; its stderr (library
-logs, warnings) is kept as a tail for error reports.
+logs, warnings) is kept as a tail for error reports. Each event is checked against
+`shared/schemas/events.py`: a malformed one ends the run as an `INTERNAL` error.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import signal
 import sys
 import tempfile
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from structlog import get_logger
 
 from shared.errors import CATALOGUE, ErrorCategory, classify_type_and_message
+from shared.schemas.events import check_trainer_payload
 from shared.schemas.training import TrainingSpec
 from shared.settings import Settings
 
@@ -30,6 +32,7 @@ log = get_logger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[3]
 STDERR_TAIL_LINES = 40
 KILL_GRACE_SECONDS = 3.0
+TRAINER_COMMAND = (sys.executable, "-m", "services.gpu.trainer")  # the spec file's path is appended
 
 
 def _device() -> str:
@@ -41,17 +44,16 @@ def _device() -> str:
 class LocalBackend:
     name = "local"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, trainer_command: Sequence[str] = TRAINER_COMMAND) -> None:
         self.settings = settings
         self.device = _device()
+        self.trainer_command = tuple(trainer_command)
 
     async def train(self, spec: TrainingSpec) -> AsyncIterator[dict[str, Any]]:
         with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="fastbrain-spec-", delete=False) as spec_file:
             spec_file.write(spec.model_dump_json())
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "services.gpu.trainer",
+            *self.trainer_command,
             spec_file.name,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -71,11 +73,16 @@ class LocalBackend:
                 if not line:
                     continue
                 try:
-                    payload = json.loads(line)
+                    data = json.loads(line)
                 except json.JSONDecodeError:
                     stderr_tail.append(f"[stdout] {line}")
                     continue
-                if payload.get("type") in ("complete", "error"):
+                payload = check_trainer_payload(data)
+                if payload is not data:  # malformed: this trainer cannot be trusted further
+                    log.warning("trainer_event_malformed", message=payload["message"], job_id=spec.job_id)
+                    yield payload
+                    return  # the finally stops the process
+                if payload["type"] in ("complete", "error"):
                     saw_terminal = True
                 yield payload
             returncode = await process.wait()

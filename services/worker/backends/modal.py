@@ -1,9 +1,11 @@
 """The Modal backend: training and test chats run in the deployed `SkillTrainer` class on a cloud GPU.
 
 `train` streams the remote generator with `.remote_gen()`; its payloads go through the worker's
-usual persist-then-publish path. Two remote-only event types are consumed here and never
-recorded: `remote_call` (the Modal call id, to cancel it) and `adapter_file` (the adapter's files,
-written into the job's local staging dir, so everything after `complete` is the local path's).
+usual persist-then-publish path, each checked against `shared/schemas/events.py` first (a
+malformed one ends the run as an `INTERNAL` error and cancels the call). Two remote-only event
+types are consumed here and never recorded: `remote_call` (the Modal call id, to cancel it) and
+`adapter_file` (the adapter's files, written into the job's local staging dir, so everything after
+`complete` is the local path's).
 The `complete` payload gains the job's cost: the GPU seconds the container reports times the
 configured price of `FASTBRAIN_MODAL_GPU`.
 
@@ -24,6 +26,7 @@ from typing import Any
 from structlog import get_logger
 
 from shared.errors import CATALOGUE, ErrorCategory, classify, describe
+from shared.schemas.events import check_trainer_payload
 from shared.schemas.training import TrainingSpec
 from shared.settings import Settings
 
@@ -106,8 +109,13 @@ class ModalBackend:
         try:
             trainer = self._lookup()
             stream = trainer.train.remote_gen.aio(spec.model_dump(mode="json"))
-            async for payload in stream:
-                kind = payload.get("type")
+            async for data in stream:
+                payload = check_trainer_payload(data, remote=True)
+                if payload is not data:  # malformed: stop here; the finally cancels the call
+                    log.warning("modal_event_malformed", message=payload["message"], job_id=spec.job_id)
+                    yield payload
+                    return
+                kind = payload["type"]
                 if kind == "remote_call":
                     call_id = payload.get("function_call_id")
                     log.info("modal_call_started", call_id=call_id, gpu=payload.get("gpu"), job_id=spec.job_id)

@@ -16,11 +16,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from services.dev.embedded import start_embedded
 from shared.db import migrate
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.db.models import Skill
 from shared.demo import demo_skill
-from shared.embedded import start_embedded
 from shared.logging import configure_logging
 from shared.settings import Settings
 
@@ -104,7 +104,7 @@ def run_dev(host: str = "127.0.0.1", port: int = 8000, demo: bool = True) -> Non
         "FASTBRAIN_PREPARE_MODELS": os.environ.get("FASTBRAIN_PREPARE_MODELS", f'["{BUNDLED_MODEL}"]'),
     }
     cli = [sys.executable, "-m", "services.cli"]
-    cwd = str(Path(__file__).resolve().parents[1])
+    cwd = str(Path(__file__).resolve().parents[2])
     processes = [
         subprocess.Popen([*cli, "worker"], env=env, cwd=cwd),
         subprocess.Popen([*cli, "api", "--host", host, "--port", str(port)], env=env, cwd=cwd),
