@@ -168,12 +168,13 @@ def train(
 ) -> dict[str, Any]:
     """One trainer run; `pad_multiple` overrides the trainer's CUDA_PAD_MULTIPLE for this run."""
     from services.gpu import trainer
+    from services.gpu.training import pipeline
     from shared.schemas.training import Hyperparameters, TrainingSpec, Turn
 
     os.environ[trainer.UNSLOTH_ENV] = "0"
-    default = trainer.CUDA_PAD_MULTIPLE
+    default = pipeline.CUDA_PAD_MULTIPLE
     if pad_multiple != "default":
-        trainer.CUDA_PAD_MULTIPLE = pad_multiple  # type: ignore[assignment]
+        pipeline.CUDA_PAD_MULTIPLE = pad_multiple  # type: ignore[assignment]
     spec = TrainingSpec(
         job_id=f"bench-gpu-packing-{packed}",
         skill_id=DEMO["skill_id"],
@@ -189,13 +190,13 @@ def train(
     try:
         events = list(trainer.train(spec, device=DEVICE))
     finally:
-        trainer.CUDA_PAD_MULTIPLE = default
+        pipeline.CUDA_PAD_MULTIPLE = default
     complete = events[-1]
     assert complete["type"] == "complete", events[-3:]
     steps = [e for e in events if e["type"] == "progress"]
     return {
         "packing": packed,
-        "pad_to_multiple_of": trainer.CUDA_PAD_MULTIPLE if pad_multiple == "default" else pad_multiple,
+        "pad_to_multiple_of": pipeline.CUDA_PAD_MULTIPLE if pad_multiple == "default" else pad_multiple,
         "steps": steps[-1]["step"],
         "tokens_per_second": complete["tokens_per_second"],
         "final_loss": complete["final_loss"],

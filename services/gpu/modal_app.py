@@ -54,7 +54,7 @@ class ModalConfig:
     """The `FASTBRAIN_MODAL_*` settings, read from the environment at deploy time.
 
     Same names and defaults as `shared.settings.Settings` (a test keeps them equal); read here
-    directly because `services/gpu` ships to Modal with only `shared.schemas` and `shared.errors`.
+    directly because `services/gpu` ships to Modal with only `shared.schemas`, `shared.errors` and `shared.rules`.
     """
 
     def __init__(self) -> None:

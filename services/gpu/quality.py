@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from services.gpu.imports import ensure_ml_stack
+from shared.rules.tokens import example_tokens
 
 # The spec's data-quality guidelines: (minimum, recommended, excellent).
 EXAMPLE_THRESHOLDS = (10, 50, 500)
@@ -178,13 +179,10 @@ def recommendations(
 
 
 def token_counts(tokenizer: Any, system_prompt: str, conversations: Sequence[dict[str, Any]]) -> list[int]:
-    """Tokens of each example as the trainer renders it (the model's chat template)."""
-    from services.gpu.data import build_messages
+    """Tokens of each example as the trainer renders it (the model's chat template): `shared.rules.tokens`."""
+    from services.gpu.data import chat_tokenizer
 
-    return [
-        len(tokenizer.apply_chat_template(build_messages(system_prompt, [c]), tokenize=True, return_dict=False))
-        for c in conversations
-    ]
+    return example_tokens(chat_tokenizer(tokenizer), system_prompt, conversations)
 
 
 def build_report(

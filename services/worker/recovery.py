@@ -64,11 +64,14 @@ def _oom(hp: Hyperparameters) -> Decision:
         )
     if hp.max_seq_length // 2 >= MIN_SEQ_LENGTH:
         shorter = hp.max_seq_length // 2
+        # The trainer refuses answers cut by max_seq_length (they teach the model not to stop): with
+        # `drop_overlong` it drops those examples instead, and says how many.
         return Decision(
             "retry",
             f"Halved max sequence length {hp.max_seq_length} → {shorter}",
-            hp.model_copy(update={"max_seq_length": shorter}),
-            warning=f"Examples longer than {shorter} tokens are now cut; answers past that point are not learned.",
+            hp.model_copy(update={"max_seq_length": shorter, "drop_overlong": True}),
+            warning=f"Examples whose answer ends past {shorter} tokens are left out of this run "
+            "(the trainer says how many).",
             keep_checkpoints=False,
             details={"action": "halve_max_seq_length"},
         )

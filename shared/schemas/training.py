@@ -50,6 +50,11 @@ class Hyperparameters(BaseModel):
         "each example still attends only to itself (positions restart, block-diagonal attention). Unset: on "
         "from 100 examples; smaller skills train unpacked, since packing would cut their few optimizer steps.",
     )
+    drop_overlong: bool = Field(
+        False,
+        description="Drop the examples whose answer max_seq_length cuts, instead of refusing the run. Set by the "
+        "out-of-memory recovery when it shortens max_seq_length; not a training option of its own.",
+    )
 
 
 SMALL_SKILL_EXAMPLES = 100
@@ -149,7 +154,9 @@ class TrainingSpec(BaseModel):
     attempt: int = Field(1, description="The job's attempt (a new one after a worker is lost).")
     retry: int = Field(0, description="In-attempt recovery retries so far (OOM, network).")
     checkpoint_dir: str | None = Field(
-        None, description="Save checkpoints here; resume from the newest one found here."
+        None,
+        description="The job's checkpoint root: this attempt saves under `a<attempt>/` here; a resume starts "
+        "from the job's newest complete checkpoint across all `a*/` attempt dirs. Unset: no checkpoints.",
     )
     checkpoint_every_steps: int | None = Field(
         None, ge=1, description="Checkpoint interval; unset: about 10% of the run."

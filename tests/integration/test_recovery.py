@@ -190,10 +190,10 @@ async def test_killed_worker_job_resumes_from_checkpoint_on_another_worker(
     job_id = await _train(http, "resume-skill", max_steps=24, batch_size=1, gradient_accumulation_steps=1)
     checkpoints = stack.settings.adapters_dir / "resume-skill" / ".checkpoints" / job_id
     deadline = time.monotonic() + 120
-    while not list(checkpoints.glob("checkpoint-*")) and time.monotonic() < deadline:
+    while not list(checkpoints.glob("a*/checkpoint-*")) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-    assert list(checkpoints.glob("checkpoint-*")), "a checkpoint was written"
-    saved = max(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*"))
+    assert list(checkpoints.glob("a*/checkpoint-*")), "a checkpoint was written"
+    saved = max(int(p.name.split("-")[1]) for p in checkpoints.glob("a*/checkpoint-*"))
 
     os.kill(first.process.pid, signal.SIGKILL)
     first.process.wait()

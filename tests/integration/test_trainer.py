@@ -15,7 +15,14 @@ from typing import Any
 import pytest
 
 from shared.errors import ErrorCategory
-from shared.schemas.events import CompletePayload, ErrorPayload, LogPayload, ProgressPayload, parse_payload
+from shared.schemas.events import (
+    CompletePayload,
+    ErrorPayload,
+    LogPayload,
+    ProgressPayload,
+    check_trainer_payload,
+    parse_payload,
+)
 from shared.schemas.training import Hyperparameters, TrainingSpec, Turn
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -76,6 +83,9 @@ def run_trainer(spec_path: Path, timeout: float = 600) -> Run:
     lines = proc.stdout.splitlines()
     assert all(line.strip() for line in lines), f"blank line on stdout: {proc.stdout!r}"
     payloads = [parse_payload(line) for line in lines]  # every stdout line is a valid payload
+    for line in lines:  # and passes the worker's boundary check as it is (strict types, no coercion)
+        data = json.loads(line)
+        assert check_trainer_payload(data) is data, check_trainer_payload(data)["message"]
     output_dir = Path(json.loads(spec_path.read_text()).get("output_dir", spec_path.parent / "adapter"))
     return Run(proc.returncode, payloads, proc.stderr, output_dir, wall)
 
@@ -320,3 +330,74 @@ def test_answer_cut_by_max_seq_length_is_refused_before_training(tmp_path: Path)
     assert "chat template check failed" in error.message and "cut by max_seq_length" in error.message
     assert "1 of 6 examples (6)" in error.message
     assert not any(isinstance(p, ProgressPayload) for p in run.payloads), "refused before any step"
+
+
+def _with(spec_path: Path, **fields: Any) -> Path:
+    spec = TrainingSpec.model_validate_json(spec_path.read_text()).model_copy(update=fields)
+    spec_path.write_text(spec.model_dump_json())
+    return spec_path
+
+
+def test_a_new_attempt_resumes_from_the_jobs_newest_complete_checkpoint(tmp_path: Path) -> None:
+    """Attempt 1 saves under <checkpoint_dir>/a1/ and is killed; attempt 2 resumes from its newest complete
+    checkpoint (one cut short while saving is skipped) and saves under a2/."""
+    from services.gpu.training.checkpoints import latest_checkpoint
+
+    root = tmp_path / "checkpoints"
+    spec = _with(
+        make_spec(tmp_path, max_steps=6, batch_size=1, gradient_accumulation_steps=1, max_seq_length=64),
+        checkpoint_dir=str(root),
+        checkpoint_every_steps=2,
+        attempt=1,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.gpu.trainer", str(spec)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "FASTBRAIN_TRAIN_DEVICE": "cpu", "FASTBRAIN_TEST_STEP_DELAY_SECONDS": "1"},
+    )
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            payload = parse_payload(line)
+            if isinstance(payload, ProgressPayload) and payload.step >= 3:  # checkpoint-2 is saved
+                break
+        else:
+            pytest.fail("attempt 1 ended before step 3")
+        proc.kill()  # the worker died (a SIGKILL leaves everything as it was)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert (root / "a1" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (root / "a1" / "checkpoint-4").exists()
+    (root / "a1" / "checkpoint-5").mkdir()  # a save cut short: no trainer state
+
+    run = run_trainer(_with(spec, attempt=2))
+    assert run.returncode == 0, run.stderr[-3000:]
+    messages = [p.message for p in run.payloads if isinstance(p, LogPayload)]
+    assert "Resuming from checkpoint at step 2 (saved by attempt 1)" in messages
+    assert any(m.startswith("Resumed at step 2/6") for m in messages)
+    assert [p.step for p in progress_of(run)] == [3, 4, 5, 6]
+    assert sorted(p.name for p in (root / "a2").glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-6"]
+    newest = latest_checkpoint(root)
+    assert newest is not None and (newest.step, newest.attempt) == (6, 2)
+
+
+def test_drop_overlong_drops_the_cut_answers_and_trains_on_the_rest(tmp_path: Path) -> None:
+    """What the OOM recovery's last step sets: the answer cut by max_seq_length is dropped, with a warning."""
+    long = Turn(user="Tell me everything.", assistant=" ".join(["Close the valve, then call us."] * 12))
+    spec = make_spec(tmp_path, conversations=[*CONVERSATIONS, long], max_seq_length=64, max_steps=2, drop_overlong=True)
+    run = run_trainer(spec)
+    assert run.returncode == 0, run.stderr[-3000:]
+    warnings = [p.message for p in run.payloads if isinstance(p, LogPayload) and p.level == "warning"]
+    assert any(m.startswith("Dropped 1 of 6 examples whose answer would be cut by max_seq_length=64") for m in warnings)
+    messages = [p.message for p in run.payloads if isinstance(p, LogPayload)]
+    assert any(m.startswith("Loaded 5 training examples") and "1 dropped: an answer cut" in m for m in messages)
+    assert isinstance(run.payloads[-1], CompletePayload)
+
+    only_long = _with(spec, conversations=[long, long])
+    error = assert_error(run_trainer(only_long), ErrorCategory.DATA_FORMAT_ERROR)
+    assert "cuts an answer of all 2 examples" in error.message and "none is left to train on" in error.message

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from services.api.training import estimate as est
+from shared.rules import tokens
+from shared.rules.devices import device_for, device_key
 from shared.schemas.training import Hyperparameters
 from shared.settings import MODAL_GPU_PRICES_PER_HOUR
 
@@ -44,11 +46,11 @@ def test_prices_and_devices() -> None:
     assert est.price_for("local", None, prices, 0.25) == 0.25
     with pytest.raises(KeyError):
         est.price_for("modal", "tpu", prices, 0.0)
-    assert est.device_for("modal", "A10G") == "a10g"
-    assert est.device_for("local", None) == "cpu"
-    assert est.device_for("local", None, "cuda") == "cuda"
-    assert est.device_of_backend("modal:A100-80GB") == "a100-80gb"
-    assert est.device_of_backend("cuda:0") == "cuda"
+    assert device_for("modal", "A10G") == "a10g"
+    assert device_for("local", None) == "cpu"
+    assert device_for("local", None, "cuda") == "cuda"
+    assert device_key("modal:A100-80GB") == "a100-80gb"
+    assert device_key("cuda:0") == "cuda"
 
 
 @pytest.mark.parametrize(
@@ -74,7 +76,6 @@ def test_trained_tokens_follow_the_trainer() -> None:
     steps = hp.model_copy(update={"max_steps": 4})
     tokens, epochs = est.trained_tokens([40] * 12, steps)
     assert (tokens, epochs) == (40 * 9 * 2, 2.0)
-    assert est.train_examples(100) == 80 and est.train_examples(1000) == 950 and est.train_examples(9) == 9
     assert est.trained_tokens([], hp) == (0, 3.0)
 
 
@@ -101,19 +102,10 @@ def test_compute_and_error() -> None:
 
 def test_token_counting_prefers_the_tokenizer(tmp_path: Path) -> None:
     conversations = [{"user": "How do I store honey?", "assistant": "Keep the jar sealed somewhere cool."}]
-    counts, how = est.count_example_tokens(tmp_path, "tiny-random", "You are terse.", conversations)
-    assert how == "heuristic" and counts == [est.heuristic_tokens("You are terse.", conversations[0])]
+    counts, how = tokens.count_example_tokens(tmp_path, "tiny-random", "You are terse.", conversations)
+    assert how == "heuristic" and counts == [tokens.heuristic_tokens("You are terse.", conversations[0])]
     models = Path(__file__).resolve().parents[2] / ".cache" / "test-models"
     if not (models / "tiny-random" / "tokenizer.json").is_file():
         pytest.skip("no cached tiny-random tokenizer")
-    counts, how = est.count_example_tokens(models, "tiny-random", "You are terse.", conversations)
+    counts, how = tokens.count_example_tokens(models, "tiny-random", "You are terse.", conversations)
     assert how == "tokenizer" and 20 < counts[0] < 40  # ChatML render: 29 tokens
-
-
-def test_estimate_mirrors_the_trainers_held_out_split() -> None:
-    """The API cannot import services/gpu, so estimate.py copies the split rule; keep them equal."""
-    from services.gpu.data import eval_split
-
-    for count in (0, 1, 9, 10, 11, 12, 37, 99, 100, 249, 250, 251, 1000, 5000):
-        train, _ = eval_split(count, seed=42)
-        assert est.train_examples(count) == len(train), count

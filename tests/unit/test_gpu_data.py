@@ -12,6 +12,7 @@ import pytest
 from services.gpu import data
 from services.gpu.models import load_smollm2_tokenizer
 from shared.errors import DataFormatError
+from shared.rules import templates
 from shared.schemas.training import Exchange, Turn
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +58,7 @@ def test_only_assistant_answers_carry_labels(tokenizer: Any) -> None:
     # Everything else (system, user, the template's role headers) is masked.
     text = tokenizer.decode(example["input_ids"])
     assert text == tokenizer.apply_chat_template(
-        data.build_messages("You are Bob, a friendly plumber.", turns), tokenize=False
+        templates.build_messages("You are Bob, a friendly plumber.", turns), tokenize=False
     )
     unlabelled = [t for t, lbl in zip(example["input_ids"], example["labels"], strict=True) if lbl == -100]
     masked_text = tokenizer.decode(unlabelled)
@@ -124,7 +125,7 @@ def test_hashes_are_stable(tokenizer: Any) -> None:
     turns = [Turn(user="a", assistant="b")]
     assert data.dataset_sha256("S", turns) == data.dataset_sha256("S", [{"user": "a", "assistant": "b"}])
     assert data.dataset_sha256("S", turns) != data.dataset_sha256("T", turns)
-    assert len(data.chat_template_sha256(tokenizer)) == 64
+    assert len(templates.template_sha256(tokenizer.chat_template)) == 64
 
 
 def test_multi_turn_example_labels_every_assistant_turn(tokenizer: Any) -> None:
@@ -145,7 +146,7 @@ def test_multi_turn_example_labels_every_assistant_turn(tokenizer: Any) -> None:
     ]
     # One conversation: the whole history is rendered before the final exchange, users masked.
     assert tokenizer.decode(tokenized["input_ids"]) == tokenizer.apply_chat_template(
-        data.build_messages("You are Bob.", [example]), tokenize=False
+        templates.build_messages("You are Bob.", [example]), tokenize=False
     )
     unlabelled = tokenizer.decode(
         [t for t, lbl in zip(tokenized["input_ids"], tokenized["labels"], strict=True) if lbl == -100]
@@ -177,7 +178,25 @@ def test_too_long_examples_are_reported_and_mostly_cut_data_fails(tokenizer: Any
         data.prepare_examples(tokenizer, "System.", [short[0], late, late], 32)
 
 
-# --- Chat-template check, evaluation split ---------------------------------------------------------------------
+def test_drop_cut_answers_drops_every_example_with_a_cut_answer(tokenizer: Any) -> None:
+    """After the OOM recovery halved max_seq_length: answers cut part-way are dropped too, not trained on."""
+    short = [Turn(user=f"q{i}", assistant=f"a{i}") for i in range(3)]
+    long_answer = Turn(user="Talk.", assistant=" ".join(["word"] * 100))
+    late = Turn(user="x " * 100, assistant="late answer")
+    conversations = [long_answer, *short, late, late]
+    examples, report = data.prepare_examples(tokenizer, "System.", conversations, 32)
+    assert len(examples) == 4 and report.cut == [4, 5] and report.dropped == []  # without: the long answer is cut
+    examples, report = data.prepare_examples(tokenizer, "System.", conversations, 32, drop_cut_answers=True)
+    assert len(examples) == 3 and report.dropped == [0, 4, 5] and report.cut == []
+    assert examples == [data.tokenize_conversation(tokenizer, "System.", [turn], 32) for turn in short]
+    warning = report.dropped_warning()
+    assert warning is not None and warning.startswith("Dropped 3 of 6 examples whose answer would be cut")
+    assert "max_seq_length=32" in warning and "(examples 1, 5, 6)" in warning and report.warning() is None
+    with pytest.raises(DataFormatError, match="cuts an answer of all 2 examples"):
+        data.prepare_examples(tokenizer, "System.", [late, long_answer], 32, drop_cut_answers=True)
+
+
+# --- Chat-template check (shared/rules/templates.py) through the trainer's tokenizer ------------------------------
 
 GOOD = [
     Turn(user="Hi there, who are you?", assistant="I am Bob, your plumber."),
@@ -189,11 +208,16 @@ GOOD = [
 ]
 
 
+def check(tokenizer: Any, system_prompt: str, conversations: list[Turn], max_seq_length: int) -> Any:
+    """The shared chat-template check (shared/rules/templates.py) on this HF tokenizer."""
+    return templates.check_chat_template(data.chat_tokenizer(tokenizer), system_prompt, conversations, max_seq_length)
+
+
 def test_template_check_passes_good_examples(tokenizer: Any) -> None:
-    report = data.check_chat_template(tokenizer, "You are Bob.", GOOD, 512)
+    report = check(tokenizer, "You are Bob.", GOOD, 512)
     assert report.ok and report.message() is None
-    assert report.end_of_turn == END_OF_TURN == data.end_of_turn_token(tokenizer)
-    assert report.template_sha256 == data.chat_template_sha256(tokenizer)
+    assert report.end_of_turn == END_OF_TURN == data.chat_tokenizer(tokenizer).end_of_turn
+    assert report.template_sha256 == templates.template_sha256(tokenizer.chat_template)
 
 
 def test_template_check_catches_a_template_without_end_of_turn(tokenizer: Any) -> None:
@@ -204,26 +228,26 @@ def test_template_check_catches_a_template_without_end_of_turn(tokenizer: Any) -
         "message['content'] + ('' if message['role'] == 'assistant' else '<|im_end|>') + '\n'",
     )
     assert broken.chat_template != tokenizer.chat_template
-    report = data.check_chat_template(broken, "You are Bob.", GOOD, 512)
+    report = check(broken, "You are Bob.", GOOD, 512)
     assert {(p.index, p.problem) for p in report.problems} == {(0, "no_end_of_turn"), (1, "no_end_of_turn")}
     message = report.message()
     assert message is not None and "end-of-turn token" in message and "(1, 2)" in message
     assert "'<|im_end|>'" in message
-    assert report.template_sha256 != data.chat_template_sha256(tokenizer)
+    assert report.template_sha256 != templates.template_sha256(tokenizer.chat_template)
 
 
 def test_template_check_catches_an_answer_cut_by_max_seq_length(tokenizer: Any) -> None:
     long_answer = " ".join(["The pipe under the sink needs a new washer."] * 6)
     examples = [*GOOD, Turn(user="What is wrong?", assistant=long_answer)]
     full_length = len(data.tokenize_conversation(tokenizer, "You are Bob.", examples[2:], 4096)["input_ids"])
-    report = data.check_chat_template(tokenizer, "You are Bob.", examples, full_length - 5)
+    report = check(tokenizer, "You are Bob.", examples, full_length - 5)
     assert [(p.index, p.problem) for p in report.problems] == [(2, "answer_truncated")]
     message = report.message()
     assert message is not None and "cut by max_seq_length" in message and "1 of 3 examples (3)" in message
     # Cut before the answer starts: nothing left to learn from either.
-    report = data.check_chat_template(tokenizer, "You are Bob. " * 20, examples, 40)
+    report = check(tokenizer, "You are Bob. " * 20, examples, 40)
     assert {p.problem for p in report.problems} == {"answer_truncated", "empty_mask"}
-    assert data.check_chat_template(tokenizer, "You are Bob.", examples, full_length).ok
+    assert check(tokenizer, "You are Bob.", examples, full_length).ok
 
 
 def test_inference_prompt_is_the_training_prefix(tokenizer: Any) -> None:
@@ -234,17 +258,9 @@ def test_inference_prompt_is_the_training_prefix(tokenizer: Any) -> None:
 
     assert "from services.gpu.data import render_prompt" in inspect.getsource(inference)
     system, turn = "You are Bob.", GOOD[0]
-    training_text = tokenizer.apply_chat_template(data.build_messages(system, [turn]), tokenize=False)
+    training_text = tokenizer.apply_chat_template(templates.build_messages(system, [turn]), tokenize=False)
     prompt = data.render_prompt(tokenizer, system, turn.user)
     assert training_text.startswith(prompt) and training_text[len(prompt) :].startswith(turn.assistant)
     example = data.tokenize_conversation(tokenizer, system, [turn], 512)
     first_label = next(i for i, label in enumerate(example["labels"]) if label != data.IGNORE_INDEX)
     assert tokenizer.decode(example["input_ids"][:first_label]) == prompt
-
-
-def test_eval_split_is_deterministic_and_sized() -> None:
-    assert data.eval_split(9, 42) == (list(range(9)), [])
-    train, held = data.eval_split(12, 42)
-    assert len(held) == 3 and sorted(train + held) == list(range(12))
-    assert data.eval_split(12, 42) == (train, held) and data.eval_split(12, 7) != (train, held)
-    assert len(data.eval_split(10, 0)[1]) == 2 and len(data.eval_split(1000, 0)[1]) == data.MAX_EVAL_EXAMPLES

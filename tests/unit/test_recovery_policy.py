@@ -44,6 +44,8 @@ def test_oom_seq_length_step_warns() -> None:
     decision = decide(ErrorCategory.CUDA_OOM, hp, [], LIMITS)
     assert decision.hyperparameters is not None and decision.hyperparameters.max_seq_length == 256
     assert decision.warning and "256" in decision.warning
+    # The trainer then drops the examples whose answer the shorter length cuts, instead of refusing them all.
+    assert decision.hyperparameters.drop_overlong and not hp.drop_overlong
 
 
 def test_network_backs_off_exponentially_three_times() -> None:

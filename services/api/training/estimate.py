@@ -3,15 +3,17 @@
     seconds = trained tokens ÷ throughput(model, device) + startup(model, device)
     cost    = seconds × the device's price per hour
 
-- trained tokens: each example's tokens (the base model's real tokenizer when its
-  `tokenizer.json` is cached, else characters / 3.6), cut at max_seq_length, times the
-  epochs (or max_steps × effective batch examples). The API stays torch-free: the Rust
-  `tokenizers` library is enough.
+- trained tokens: each example's tokens (`shared.rules.tokens`: rendered with the base
+  model's chat template and counted by its real tokenizer when its `tokenizer.json` is
+  cached, else characters / 3.6), cut at max_seq_length, for the examples the trainer
+  trains on (`shared.rules.split`: the held-out ones excluded), times the epochs (or
+  max_steps × effective batch examples). The API stays torch-free.
 - throughput and startup: the median of the last `CALIBRATION_WINDOW` completed jobs
   for that (base model, device) — the worker records both on every completed job —
   else a seeded default (docs/estimates.md says where each seed comes from).
-- device: the local backend's device is the one its worker last reported (`cpu`
-  unless a job ran on `cuda`); Modal's is the GPU type, lower-cased (`a10g`, `t4`, ...).
+- device (`shared.rules.devices`): the local backend's device is the one its worker last
+  reported (`cpu` unless a job ran on `cuda`); Modal's is the GPU type, lower-cased
+  (`a10g`, `t4`, ...).
 
 The estimated time is the wall time of the training run, from the trainer starting
 to the adapter being saved; time spent waiting in the queue is not included.
@@ -23,26 +25,18 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from functools import lru_cache
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import JobStatus, TrainingJob
+from shared.rules.split import train_count
 from shared.schemas.training import Hyperparameters
-
-if TYPE_CHECKING:
-    from tokenizers import Tokenizer
 
 Backend = Literal["local", "modal"]
 Confidence = Literal["high", "medium", "low"]
 
-CHARS_PER_TOKEN = 3.6
-HEURISTIC_OVERHEAD_PER_EXCHANGE = 12  # role markers and end-of-turn tokens, when no tokenizer is cached
-TOKENIZER_OVERHEAD_PER_MESSAGE = 5  # ChatML-style `<|im_start|>role\n ... <|im_end|>\n`
-EVAL_MIN_EXAMPLES, EVAL_SHARE, EVAL_MAX_EXAMPLES = 10, 0.2, 50  # the trainer's held-out split
 CALIBRATION_WINDOW = 20  # completed jobs in the rolling median
 HIGH_CONFIDENCE_JOBS = 3
 HIGH_CONFIDENCE_MAX_EXAMPLES = 100
@@ -114,21 +108,6 @@ def median(values: Sequence[float]) -> float | None:
     return float(statistics.median(values)) if values else None
 
 
-def device_for(backend: str, gpu_type: str | None, local_device: str = "cpu") -> str:
-    """The calibration key of where a job runs: `cpu`/`cuda` locally, the GPU type on Modal."""
-    if backend == "modal":
-        return (gpu_type or "").strip().lower()
-    return local_device
-
-
-def device_of_backend(backend_device: str) -> str:
-    """A worker backend's `device` attribute (`cpu`, `cuda`, `modal:A10G`) as a calibration key."""
-    value = backend_device.strip().lower()
-    if value.startswith("modal:"):
-        return value.split(":", 1)[1]
-    return value.split(":", 1)[0]  # cuda:0 → cuda
-
-
 def throughput_for(base_model: str, device: str, calibration: Calibration) -> tuple[float, str]:
     """(tokens/s, source): the rolling median of measured jobs, else the seed, else the default."""
     measured = median(calibration.throughputs)
@@ -170,14 +149,6 @@ def price_for(backend: str, gpu_type: str | None, gpu_prices: dict[str, float], 
     raise KeyError(gpu_type)
 
 
-def train_examples(count: int) -> int:
-    """Examples the trainer trains on: it holds 20% (at least 2, at most 50) out for evaluation
-    from 10 examples up. Mirrors services/gpu/data.py `eval_split`, which the API cannot import."""
-    if count < EVAL_MIN_EXAMPLES:
-        return count
-    return count - min(max(2, math.ceil(EVAL_SHARE * count)), EVAL_MAX_EXAMPLES)
-
-
 def trained_tokens(example_tokens: Sequence[int], hyperparameters: Hyperparameters) -> tuple[int, float]:
     """(tokens the trainer will see, epochs): the training share of the examples, each cut at
     max_seq_length, times the epochs; with max_steps, times max_steps ÷ optimizer steps per epoch
@@ -186,11 +157,11 @@ def trained_tokens(example_tokens: Sequence[int], hyperparameters: Hyperparamete
     capped = [min(t, hyperparameters.max_seq_length) for t in example_tokens]
     if not capped:
         return 0, float(hyperparameters.epochs)
-    train_count = train_examples(len(capped))
-    epoch_tokens = sum(capped) / len(capped) * train_count
+    trained = train_count(len(capped))
+    epoch_tokens = sum(capped) / len(capped) * trained
     epochs: float = float(hyperparameters.epochs)
     if hyperparameters.max_steps is not None:
-        micro_batches = math.ceil(train_count / hyperparameters.batch_size)
+        micro_batches = math.ceil(trained / hyperparameters.batch_size)
         steps_per_epoch = max(math.ceil(micro_batches / hyperparameters.gradient_accumulation_steps), 1)
         epochs = hyperparameters.max_steps / steps_per_epoch
     return round(epoch_tokens * epochs), round(epochs, 3)
@@ -237,66 +208,6 @@ def error_pct(estimated_seconds: float | None, actual_seconds: float) -> float |
     if estimated_seconds is None or actual_seconds <= 0:
         return None
     return round((estimated_seconds - actual_seconds) / actual_seconds * 100.0, 1)
-
-
-# -- token counting -----------------------------------------------------------------
-
-
-def _exchanges(conversation: dict[str, Any]) -> list[dict[str, Any]]:
-    return [*(conversation.get("history") or []), conversation]
-
-
-def heuristic_tokens(system_prompt: str, conversation: dict[str, Any]) -> int:
-    """characters / 3.6 plus role markers: the fallback without a cached tokenizer."""
-    turns = _exchanges(conversation)
-    chars = len(system_prompt) + sum(len(str(t.get("user", ""))) + len(str(t.get("assistant", ""))) for t in turns)
-    return int(chars / CHARS_PER_TOKEN + HEURISTIC_OVERHEAD_PER_EXCHANGE * len(turns))
-
-
-@lru_cache(maxsize=8)
-def _tokenizer(path: str, mtime: float) -> Tokenizer:
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(path)
-
-
-def _tokenizer_for(models_dir: Path | None, base_model: str) -> Tokenizer | None:
-    if models_dir is None:
-        return None
-    path = models_dir / base_model / "tokenizer.json"
-    if not path.is_file():
-        return None
-    try:
-        return _tokenizer(str(path), path.stat().st_mtime)
-    except Exception:  # an unreadable tokenizer: fall back to the heuristic
-        return None
-
-
-def count_example_tokens(
-    models_dir: Path | None, base_model: str, system_prompt: str, conversations: Sequence[dict[str, Any]]
-) -> tuple[list[int], str]:
-    """Tokens of each example as the trainer renders it, and how they were counted
-    (`tokenizer` or `heuristic`)."""
-    tokenizer = _tokenizer_for(models_dir, base_model)
-    if tokenizer is None:
-        return [heuristic_tokens(system_prompt, c) for c in conversations], "heuristic"
-    system = system_prompt.strip()
-    system_tokens = len(tokenizer.encode(system_prompt, add_special_tokens=False).ids) + TOKENIZER_OVERHEAD_PER_MESSAGE
-    texts: list[str] = []
-    owners: list[int] = []
-    for index, conversation in enumerate(conversations):
-        for turn in _exchanges(conversation):
-            texts.extend((str(turn.get("user", "")), str(turn.get("assistant", ""))))
-            owners.extend((index, index))
-    counts = [system_tokens if system else 0 for _ in conversations]
-    for owner, encoding in zip(owners, tokenizer.encode_batch(texts, add_special_tokens=False), strict=True):
-        counts[owner] += len(encoding.ids) + TOKENIZER_OVERHEAD_PER_MESSAGE
-    return counts, "tokenizer"
-
-
-def count_tokens(system_prompt: str, conversations: Sequence[dict[str, Any]]) -> int:
-    """Approximate tokens of all examples (the heuristic), for callers without a model cache."""
-    return sum(heuristic_tokens(system_prompt, c) for c in conversations)
 
 
 # -- calibration from completed jobs --------------------------------------------------
