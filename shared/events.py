@@ -1,7 +1,8 @@
 """The event path: stamp, persist, then publish; and the gap-free subscriber.
 
-Writers call `record_event` inside their transaction and `publish` after the
-commit, so a published event is always already in `fb_training_logs`. Readers
+Writers append events through `shared.db.job_state` (every event row is written by
+the fenced transition it belongs to) and call `publish` after the commit, so a
+published event is always already in `fb_training_logs`. Readers
 subscribe first, then replay history after their last seq, then forward live
 events, dropping any seq they already sent: `shared.event_hub.EventHub.stream`,
 one Redis subscription per process shared by all of its clients.
@@ -13,14 +14,13 @@ import json
 import uuid
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db.models import TrainingJob, TrainingLog
+from shared.db.models import TrainingLog
 
 CHANNEL_PREFIX = "fastbrain:job:"
 # `fb_training_logs.seq` is a PostgreSQL integer: no stream position lies past it.
@@ -29,58 +29,6 @@ MAX_SEQ = 2**31 - 1
 
 def channel(job_id: uuid.UUID | str) -> str:
     return f"{CHANNEL_PREFIX}{job_id}"
-
-
-def _level(payload: dict[str, Any]) -> str:
-    if payload.get("type") == "error":
-        return "error"
-    return str(payload.get("level") or "info")
-
-
-def _message(payload: dict[str, Any]) -> str | None:
-    kind = payload.get("type")
-    if kind == "progress":
-        loss = payload.get("loss")
-        loss_text = f": loss={loss:.3f}" if isinstance(loss, int | float) else ""
-        return f"Step {payload.get('step')}/{payload.get('total_steps')}{loss_text}"
-    if kind == "error":
-        return str(payload.get("user_message") or payload.get("message"))
-    if kind == "status":
-        return str(payload.get("message") or f"Status: {payload.get('status')}")
-    if kind == "complete":
-        return "Training complete"
-    return str(payload.get("message")) if payload.get("message") is not None else None
-
-
-async def record_event(session: AsyncSession, job_id: uuid.UUID, payload: dict[str, Any]) -> dict[str, Any]:
-    """Stamp `payload` with the job's next seq and add it to the session.
-
-    The seq comes from an UPDATE ... RETURNING on the job row, which also locks
-    the row until commit: concurrent writers for one job serialise, and seqs
-    stay strictly increasing without gaps.
-    """
-    seq = (
-        await session.execute(
-            update(TrainingJob)
-            .where(TrainingJob.id == job_id)
-            .values(event_seq=TrainingJob.event_seq + 1)
-            .returning(TrainingJob.event_seq)
-        )
-    ).scalar_one()
-    now = datetime.now(UTC)
-    event = {"job_id": str(job_id), "seq": seq, "ts": now.isoformat(), **payload}
-    session.add(
-        TrainingLog(
-            job_id=job_id,
-            seq=seq,
-            event_type=str(payload["type"]),
-            timestamp=now,
-            level=_level(payload),
-            message=_message(payload),
-            data=event,
-        )
-    )
-    return event
 
 
 async def publish(redis: Redis, events: list[dict[str, Any]] | dict[str, Any]) -> None:

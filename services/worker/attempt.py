@@ -117,9 +117,22 @@ async def _stop(*tasks: asyncio.Task[Any]) -> None:
 
 
 async def _after_lease_lost(ctx: WorkerContext, job: TrainingJob, spec: TrainingSpec, lost: LeaseLost) -> None:
-    """Another attempt owns the job, or it ended: drop this attempt's staging, keep everything shared."""
+    """Another attempt owns the job, or it ended. Our trainer is stopped by now.
+
+    This attempt's staging directory is its own: drop it. The job's checkpoints are
+    shared with the attempt that took over (it may resume from ours), so they stay,
+    unless the job already ended while we were away: then our trainer may have
+    written checkpoints after the ending attempt removed them, and nobody will resume.
+    """
     log.warning("lease_lost", transition=lost.transition, attempt=lost.lease.attempt)
-    store.remove(Path(spec.output_dir))  # per attempt: no other attempt reads or writes it
+    store.remove(Path(spec.output_dir))
+    try:
+        ended = not await completion.still_running(ctx, job.id)
+    except Exception as exc:  # the database is away: leave the files; the job's ending removes them
+        log.warning("lease_lost_cleanup_skipped", error=str(exc))
+        return
+    if ended and spec.checkpoint_dir:
+        store.remove(Path(spec.checkpoint_dir))
 
 
 async def _drive_with_recovery(ctx: WorkerContext, recorder: Recorder, job: TrainingJob, spec: TrainingSpec) -> str:

@@ -55,7 +55,7 @@ def build_worker(
 
     async def startup(ctx: dict[str, Any]) -> None:
         typed = cast(WorkerContext, ctx)
-        engine = create_engine(database_url)
+        engine = create_engine(database_url, application_name="fastbrain-worker")
         typed["settings"] = settings
         typed["engine"] = engine
         typed["sessionmaker"] = create_sessionmaker(engine)

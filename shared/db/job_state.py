@@ -158,6 +158,15 @@ def _ended(status: JobStatus) -> dict[str, Any]:
     return {"status": status.value, "completed_at": func.statement_timestamp(), "lease_owner": None}
 
 
+async def append(
+    session: AsyncSession, job_id: uuid.UUID, payload: dict[str, Any], *, status: JobStatus | None = None
+) -> dict[str, Any] | None:
+    """An event that changes no state (a note on a job), fenced by its status when one is given."""
+    fence = [TrainingJob.status == status.value] if status is not None else []
+    written = await _write(session, "append", job_id, fence, {}, payload)
+    return written.event if written else None
+
+
 # -- API side ------------------------------------------------------------------------
 
 

@@ -15,10 +15,10 @@ from sqlalchemy import inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.worker.main import build_worker
-from shared.db import migrate
+from shared.db import job_state, migrate
 from shared.db.engine import create_engine
 from shared.db.models import JobStatus, Skill, TrainingJob, TrainingLog
-from shared.events import channel, publish, record_event, stream_events
+from shared.events import channel, publish, stream_events
 from shared.settings import Settings
 from tests.conftest import demo_conversations
 from tests.waiting import wait_until
@@ -59,7 +59,7 @@ async def test_events_are_persisted_then_streamed_without_gaps(
 
     async def emit(payload: dict[str, object]) -> dict[str, object]:
         async with sessionmaker() as session, session.begin():
-            event = await record_event(session, job_id, payload)
+            event = await job_state.append(session, job_id, payload)
         await publish(redis, event)
         return event
 
@@ -82,7 +82,7 @@ async def test_events_are_persisted_then_streamed_without_gaps(
     # An event persisted but never published (a publisher that died after its
     # commit) is still delivered from history, before the next live one.
     async with sessionmaker() as session, session.begin():
-        await record_event(session, job_id, {"type": "log", "message": "unpublished"})
+        await job_state.append(session, job_id, {"type": "log", "message": "unpublished"})
     await emit({"type": "complete", "final_loss": 1.0})
     await asyncio.wait_for(consumer, 10)
 

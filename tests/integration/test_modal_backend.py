@@ -29,11 +29,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.gpu import modal_app
+from services.worker.attempt import run_training
 from services.worker.backends.local import LocalBackend
 from services.worker.backends.modal import ModalBackend
 from services.worker.context import WorkerContext
 from services.worker.tasks import delete_remote_adapter
-from services.worker.attempt import run_training
 from shared.db.models import Adapter, TrainingJob
 from shared.schemas.training import Hyperparameters, TrainingSpec, Turn
 from shared.settings import Settings

@@ -2,7 +2,7 @@
 one Redis subscription per API process (the `EventHub`), a slow client and a lost Redis
 connection fall back to the table, and bounded HTTP answers (events paging, metrics).
 
-Jobs and events are written straight to the database (`record_event` + `publish`, as
+Jobs and events are written straight to the database (`job_state.append` + `publish`, as
 the worker does): nothing here trains a model. Every wait has a deadline.
 """
 
@@ -28,9 +28,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.api.app import WS_PING_INTERVAL_SECONDS, WS_PING_TIMEOUT_SECONDS, create_app
 from services.api.training import service
+from shared.db import job_state
 from shared.db.models import Skill, TrainingJob
 from shared.event_hub import EventHub
-from shared.events import publish, record_event
+from shared.events import publish
 from shared.settings import Settings
 from tests.conftest import ServiceProcess, demo_conversations, free_port, service_env, wait_http_ready
 
@@ -92,7 +93,7 @@ async def emit(
     """Record `payloads` in one transaction (optionally setting the job's status), then publish them
     unless `redis` is None (a publisher that died after its commit)."""
     async with sessionmaker() as session, session.begin():
-        events = [await record_event(session, job_id, payload) for payload in payloads]
+        events = [await job_state.append(session, job_id, payload) for payload in payloads]
         if status is not None:
             await session.execute(update(TrainingJob).where(TrainingJob.id == job_id).values(status=status))
     if redis is not None:
