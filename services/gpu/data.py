@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import DataFormatError
-from shared.rules.templates import ChatTokenizer, Conversation, RenderedExample, exchanges, from_hf_tokenizer
+from shared.rules.templates import ChatTokenizer, Conversation, RenderedExample, exchanges, from_hf_tokenizer, listed
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -56,11 +56,6 @@ def tokenize_conversation(
     return _labelled(chat_tokenizer(tokenizer).render_example(system_prompt, turns), max_seq_length)
 
 
-def _listed(indices: Sequence[int], shown: int = 10) -> str:
-    more = f" and {len(indices) - shown} more" if len(indices) > shown else ""
-    return ", ".join(str(i + 1) for i in indices[:shown]) + more
-
-
 @dataclass
 class DataReport:
     """What tokenizing a skill's examples found; indices are 0-based positions in the skill's examples."""
@@ -78,7 +73,7 @@ class DataReport:
             return None
         message = (
             f"{len(too_long)} of {self.total} examples are longer than max_seq_length={self.max_seq_length} "
-            f"tokens and are cut at the end (examples {_listed(too_long, shown)})"
+            f"tokens and are cut at the end (examples {listed(too_long, shown)})"
         )
         if self.cut:
             message += f"; {len(self.cut)} lose their whole answer and are dropped"
@@ -90,7 +85,7 @@ class DataReport:
             return None
         return (
             f"Dropped {len(self.dropped)} of {self.total} examples whose answer would be cut by "
-            f"max_seq_length={self.max_seq_length} (examples {_listed(self.dropped, shown)}); "
+            f"max_seq_length={self.max_seq_length} (examples {listed(self.dropped, shown)}); "
             f"training on the other {self.total - len(self.dropped)}"
         )
 
@@ -135,7 +130,7 @@ def prepare_examples(
     if not kept or 2 * len(report.cut) > report.total:
         raise DataFormatError(
             f"invalid format: max_seq_length={max_seq_length} cuts {len(report.cut)} of {report.total} examples "
-            f"before their answer (examples {_listed(report.cut)}); "
+            f"before their answer (examples {listed(report.cut)}); "
             "raise max_seq_length or shorten the system prompt and messages"
         )
     return kept, report

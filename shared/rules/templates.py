@@ -362,7 +362,7 @@ _PROBLEM_TEXT = {
 LENGTH_PROBLEMS = frozenset({"answer_truncated", "empty_mask"})
 
 
-def _listed(indices: Sequence[int], shown: int = 10) -> str:
+def listed(indices: Sequence[int], shown: int = 10) -> str:
     """1-based example numbers, the first `shown` of them."""
     more = f" and {len(indices) - shown} more" if len(indices) > shown else ""
     return ", ".join(str(i + 1) for i in indices[:shown]) + more
@@ -402,7 +402,7 @@ class TemplateReport:
         for kind, found in by_kind.items():
             parts.append(
                 f"{_PROBLEM_TEXT[kind]} in {len(found)} of {self.total} examples "
-                f"({_listed([p.index for p in found], shown)})"
+                f"({listed([p.index for p in found], shown)})"
             )
         return "chat template check failed: " + "; ".join(parts) + f". First: {self.problems[0].detail}"
 
@@ -501,16 +501,16 @@ def template_problems(
         first = next(p.detail for p in report.problems if p.problem == "render_failed")
         parts.append(
             f"{len(failed)} of {total} examples cannot be rendered by {base_model}'s chat template "
-            f"(examples {_listed(failed)}; {first})"
+            f"(examples {listed(failed)}; {first})"
         )
     if no_end := report.indices("no_end_of_turn"):
         parts.append(
             f"{len(no_end)} of {total} examples render an assistant turn without the end-of-turn "
-            f"token {report.end_of_turn!r} in {base_model}'s chat template (examples {_listed(no_end)})"
+            f"token {report.end_of_turn!r} in {base_model}'s chat template (examples {listed(no_end)})"
         )
     if cut := report.indices(*LENGTH_PROBLEMS):
         parts.append(
             f"{len(cut)} of {total} examples have an assistant answer cut by "
-            f"max_seq_length={max_seq_length} (examples {_listed(cut)}); raise max_seq_length or shorten them"
+            f"max_seq_length={max_seq_length} (examples {listed(cut)}); raise max_seq_length or shorten them"
         )
     return "; ".join(parts) or None

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from services.worker.main import build_worker
 from services.worker.reaper import reap_stale_jobs
 from shared.db import job_state
+from shared.db.engine import create_sessionmaker
 from shared.db.job_state import Lease
 from shared.db.models import Adapter, JobStatus, Skill, TrainingJob, TrainingLog
 from shared.queue import redis_settings
@@ -340,3 +341,41 @@ async def test_versions_are_never_reused_after_a_delete(
             if round_ == 1:  # delete the newest version; the next training must not take its number
                 await session.delete(adapter)
     assert versions == [1, 2, 3]
+
+
+async def test_a_watcher_that_cannot_reach_the_database_assumes_its_lease_lost(fast: Settings) -> None:
+    from services.worker.lease import watch
+
+    class Unreachable:
+        """A sessionmaker whose database never answers (as during a network partition)."""
+
+        def __call__(self) -> Any:
+            raise ConnectionRefusedError("database unreachable")
+
+    ctx: dict[str, Any] = {
+        "settings": fast.model_copy(update={"heartbeat_stale_seconds": 0.5}),
+        "sessionmaker": Unreachable(),
+    }
+    async with asyncio.timeout(5):
+        assert await watch(ctx, Lease(uuid.uuid4(), "w1", 1)) == "lease_lost"  # type: ignore[arg-type]
+
+
+async def test_max_attempts_setting_is_stored_on_each_new_job(migrated: Settings, clean_db: AsyncEngine) -> None:
+    import httpx
+
+    from tests.conftest import Stack, create_skill
+
+    stack = Stack("max-attempts", migrated, api_env={"FASTBRAIN_MAX_ATTEMPTS": "7"})
+    try:
+        async with httpx.AsyncClient(base_url=stack.url, timeout=60) as http:
+            await create_skill(http, "attempts-skill", n=10)
+            response = await http.post(
+                "/api/train-skill/attempts-skill", json={"config": {"base_model": "tiny-random"}}
+            )
+            assert response.status_code == 202, response.text
+            job_id = uuid.UUID(response.json()["job_id"])
+    finally:
+        stack.stop()
+    async with create_sessionmaker(clean_db)() as session:
+        job = await session.get(TrainingJob, job_id)
+        assert job is not None and job.max_attempts == 7

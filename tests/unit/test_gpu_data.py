@@ -3,31 +3,18 @@
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from services.gpu import data
-from services.gpu.models import load_smollm2_tokenizer
 from shared.errors import DataFormatError
 from shared.rules import templates
 from shared.schemas.training import Exchange, Turn
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 END_OF_TURN = "<|im_end|>"
-
-
-def models_dir() -> Path:
-    path = Path(os.environ.get("FASTBRAIN_TEST_MODELS_DIR") or REPO_ROOT / ".cache" / "test-models")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    return load_smollm2_tokenizer(models_dir())
 
 
 def labelled_runs(example: dict[str, list[int]]) -> list[list[int]]:

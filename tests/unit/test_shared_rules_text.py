@@ -4,7 +4,6 @@ token counting (shared/rules/split.py, templates.py, tokens.py)."""
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,6 @@ from typing import Any
 import pytest
 
 from services.gpu import data
-from services.gpu.models import load_smollm2_tokenizer
 from shared.rules import split, templates, tokens
 from shared.schemas.training import Exchange, Turn
 
@@ -29,17 +27,6 @@ EXAMPLES = [
     ),
     Turn(user="Ünïcødé «quotes» and emoji 🚰?", assistant='Sure: {"json": true} <b>tags</b> too.'),
 ]
-
-
-def models_dir() -> Path:
-    path = Path(os.environ.get("FASTBRAIN_TEST_MODELS_DIR") or REPO_ROOT / ".cache" / "test-models")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    return load_smollm2_tokenizer(models_dir())
 
 
 @pytest.fixture(scope="module")
