@@ -194,15 +194,17 @@ async def start(session: AsyncSession, job: TrainingJob, message: str) -> Writte
     return written
 
 
-CancelOutcome = Literal["cancelled", "cancelling", "not_found"] | str
+@dataclass(frozen=True)
+class CancelResult:
+    """`cancelled` (it never started), `cancelling` (its worker will stop it), `ended` or `not_found`."""
+
+    outcome: Literal["cancelled", "cancelling", "ended", "not_found"]
+    status: str | None
+    event: dict[str, Any] | None = None
 
 
-async def cancel(session: AsyncSession, job_id: uuid.UUID) -> tuple[CancelOutcome, dict[str, Any] | None]:
-    """queued → cancelled at once; running → cancel requested (its worker stops it).
-
-    Returns ("cancelled" | "cancelling", event) or, when neither applies, the job's
-    current status (or "not_found") and None.
-    """
+async def cancel(session: AsyncSession, job_id: uuid.UUID) -> CancelResult:
+    """queued → cancelled at once; running → cancel requested (its worker stops it)."""
     before_start = await _write(
         session,
         "cancel",
@@ -216,7 +218,7 @@ async def cancel(session: AsyncSession, job_id: uuid.UUID) -> tuple[CancelOutcom
         {"type": "status", "status": JobStatus.CANCELLED.value, "message": "Cancelled before it started"},
     )
     if before_start is not None:
-        return "cancelled", before_start.event
+        return CancelResult("cancelled", JobStatus.CANCELLED.value, before_start.event)
     requested = await _write(
         session,
         "cancel_request",
@@ -226,11 +228,13 @@ async def cancel(session: AsyncSession, job_id: uuid.UUID) -> tuple[CancelOutcom
         {"type": "log", "level": "warning", "message": "Cancel requested"},
     )
     if requested is not None:
-        return "cancelling", requested.event
+        return CancelResult("cancelling", JobStatus.RUNNING.value, requested.event)
     status = await session.scalar(select(TrainingJob.status).where(TrainingJob.id == job_id))
     if status is None:
-        return "not_found", None
-    return ("cancelling" if status == JobStatus.RUNNING.value else status), None
+        return CancelResult("not_found", None)
+    if status == JobStatus.RUNNING.value:  # asked before: nothing more to write
+        return CancelResult("cancelling", status)
+    return CancelResult("ended", status)
 
 
 # -- worker side ---------------------------------------------------------------------
@@ -336,7 +340,6 @@ async def requeue(
             "lease_owner": None,
             "attempt": lease.attempt + 1,
             "arq_job_id": arq_job_id,
-            "cancel_requested_at": None,
         },
         _stamped({"type": "status", "status": JobStatus.QUEUED.value, "message": message}, lease),
     )

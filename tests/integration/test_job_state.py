@@ -258,7 +258,7 @@ async def test_cancel_of_a_running_job_stops_it_without_an_adapter(
 
     await _until(running, "never claimed")
     async with sessionmaker() as session, session.begin():
-        assert (await job_state.cancel(session, job_id))[0] == "cancelling"
+        assert (await job_state.cancel(session, job_id)).outcome == "cancelling"
     await run
     job = await _job(sessionmaker, job_id)
     assert job.status == JobStatus.CANCELLED.value and job.lease_owner is None
@@ -266,7 +266,8 @@ async def test_cancel_of_a_running_job_stops_it_without_an_adapter(
     assert events[-1]["type"] == "status" and events[-1]["status"] == "cancelled"
     assert backend.stopped == [str(job_id)]
     async with sessionmaker() as session:
-        assert (await job_state.cancel(session, job_id))[0] == "cancelled", "an ended job reports its status"
+        ended = await job_state.cancel(session, job_id)
+        assert (ended.outcome, ended.status, ended.event) == ("ended", "cancelled", None), "an ended job is left alone"
 
 
 async def test_gpu_unavailable_requeues_with_a_fresh_attempt(

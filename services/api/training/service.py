@@ -369,18 +369,18 @@ async def list_jobs(
 async def cancel(session: AsyncSession, after_commit: AfterCommit, job_id: uuid.UUID) -> JobCancelOut:
     """A queued job is cancelled at once and never starts; a running one is asked
     to stop (its worker ends the trainer within seconds and reports `cancelled`)."""
-    outcome, event = await job_state.cancel(session, job_id)
-    if outcome == "not_found":
+    result = await job_state.cancel(session, job_id)
+    if result.outcome == "not_found":
         raise NotFound(f"Training job '{job_id}' not found.", details={"job_id": str(job_id)}, code="job_not_found")
-    if event is not None:
-        after_commit.publish(event)
-    if outcome in ("cancelled", "cancelling"):
-        return JobCancelOut(job_id=job_id, status=outcome)
-    raise Conflict(
-        f"Training job '{job_id}' already ended ({outcome}).",
-        details={"job_id": str(job_id), "status": outcome},
-        code="job_already_ended",
-    )
+    if result.outcome == "ended":
+        raise Conflict(
+            f"Training job '{job_id}' already ended ({result.status}).",
+            details={"job_id": str(job_id), "status": result.status},
+            code="job_already_ended",
+        )
+    if result.event is not None:
+        after_commit.publish(result.event)
+    return JobCancelOut(job_id=job_id, status=result.outcome)
 
 
 async def stats(session: AsyncSession) -> StatsOut:
