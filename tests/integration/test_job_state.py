@@ -158,6 +158,22 @@ async def _until(predicate: Callable[[], Any], message: str, timeout: float = DE
     assert await predicate(), message
 
 
+async def _mid_run(
+    sessionmaker: async_sessionmaker[AsyncSession], settings: Settings, skill_id: str
+) -> tuple[uuid.UUID, FakeBackend, asyncio.Task[None]]:
+    """A job whose (blocking) fake trainer has reported progress under a running burst worker."""
+    job_id = await _new_job(sessionmaker, skill_id)
+    await _enqueue(settings, job_id)
+    backend = FakeBackend(lambda spec: "block")
+    run = asyncio.create_task(_run(_worker(settings, backend)))
+
+    async def progressing() -> bool:
+        return len(await _events(sessionmaker, job_id)) >= 4  # queued, started, two progress
+
+    await _until(progressing, "the fake never reported progress")
+    return job_id, backend, run
+
+
 def _gapless(events: list[dict[str, Any]]) -> None:
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
 
@@ -181,15 +197,7 @@ async def test_claim_run_complete_gives_version_one(
 async def test_a_worker_that_lost_its_lease_writes_nothing_more(
     clean_db: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], fast: Settings
 ) -> None:
-    job_id = await _new_job(sessionmaker, "state-lost")
-    await _enqueue(fast, job_id)
-    backend = FakeBackend(lambda spec: "block")
-    run = asyncio.create_task(_run(_worker(fast, backend)))
-
-    async def running() -> bool:
-        return len(await _events(sessionmaker, job_id)) >= 4  # queued, started, two progress
-
-    await _until(running, "the fake never reported progress")
+    job_id, backend, run = await _mid_run(sessionmaker, fast, "state-lost")
     # Another attempt takes the job (as the reaper and a second worker would).
     async with sessionmaker() as session, session.begin():
         job = await session.get(TrainingJob, job_id)
@@ -248,15 +256,7 @@ async def test_timeout_fails_the_job_and_stops_the_trainer(
 async def test_cancel_of_a_running_job_stops_it_without_an_adapter(
     clean_db: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], fast: Settings
 ) -> None:
-    job_id = await _new_job(sessionmaker, "state-cancel")
-    await _enqueue(fast, job_id)
-    backend = FakeBackend(lambda spec: "block")
-    run = asyncio.create_task(_run(_worker(fast, backend)))
-
-    async def running() -> bool:
-        return (await _job(sessionmaker, job_id)).status == JobStatus.RUNNING.value
-
-    await _until(running, "never claimed")
+    job_id, backend, run = await _mid_run(sessionmaker, fast, "state-cancel")
     async with sessionmaker() as session, session.begin():
         assert (await job_state.cancel(session, job_id)).outcome == "cancelling"
     await run
