@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.schemas.skills import MAX_TURN_CHARS
+
 # USD per GPU-hour on Modal, by GPU type. These are configuration, not facts: Modal's
 # prices change; override with FASTBRAIN_MODAL_GPU_PRICES='{"A10G": 1.10, ...}'.
 MODAL_GPU_PRICES_PER_HOUR: dict[str, float] = {
@@ -65,6 +67,21 @@ class Settings(BaseSettings):
     modal_secret: str = Field("huggingface", description="Modal Secret with HF_TOKEN for gated hub models.")
     modal_timeout_seconds: int = Field(
         6 * 3600, ge=60, le=24 * 3600, description="Modal-side limit for one training call (then TIMEOUT)."
+    )
+    max_request_body_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Largest request body (JSON or multipart) in bytes; a bigger one is refused with 413 while it "
+        "is read, before anything is parsed or spooled. Keep it above the 20 MB import-file limit.",
+    )
+    max_examples_per_skill: int = Field(
+        50_000, ge=1, description="Most examples one skill may hold (create, update, append, import); more is a 422."
+    )
+    max_turn_chars: int = Field(
+        MAX_TURN_CHARS,
+        ge=1,
+        description="Most characters in one user or assistant turn; more is a 422 naming the field. Read from the "
+        "process environment when the API starts (the request schemas are built with it).",
     )
     log_level: str = Field("INFO", description="structlog level.")
     log_json: bool = Field(False, description="JSON log lines instead of console lines.")

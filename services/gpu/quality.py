@@ -30,6 +30,7 @@ TOPIC_THRESHOLDS = (3, 10, 50)
 STAR_LABELS = {1: "Poor", 2: "Fair", 3: "Good", 4: "Very good", 5: "Excellent"}
 TOPIC_SIMILARITY = 0.45  # an example this close to a topic's centre belongs to it
 NEAR_DUPLICATE_SIMILARITY = 0.95
+SIMILARITY_BLOCK = 1024  # rows of the similarity matrix computed at once (block x n float32)
 HISTOGRAM_EDGES = (0, 64, 128, 256, 512, 1024, 2048)
 
 _lock = threading.Lock()
@@ -92,11 +93,13 @@ def cluster_topics(embeddings: np.ndarray, threshold: float = TOPIC_SIMILARITY) 
     `threshold` close, else starts a topic; centres are running means.
     """
     labels: list[int] = []
-    centres: list[np.ndarray] = []
+    # The centres live in one growing buffer (doubling), not re-stacked per example: memory O(topics x d).
+    centres = np.empty((16, embeddings.shape[1] if embeddings.ndim == 2 else 0), dtype=embeddings.dtype)
     sizes: list[int] = []
     for vector in embeddings:
-        if centres:
-            matrix = np.stack(centres)
+        count = len(sizes)
+        if count:
+            matrix = centres[:count]
             sims = matrix @ vector / np.maximum(np.linalg.norm(matrix, axis=1), 1e-9)
             best = int(np.argmax(sims))
             if sims[best] >= threshold:
@@ -104,9 +107,13 @@ def cluster_topics(embeddings: np.ndarray, threshold: float = TOPIC_SIMILARITY) 
                 centres[best] = centres[best] + (vector - centres[best]) / sizes[best]
                 labels.append(best)
                 continue
-        centres.append(vector.copy())
+        if count == len(centres):
+            grown = np.empty((2 * count, centres.shape[1]), dtype=centres.dtype)
+            grown[:count] = centres
+            centres = grown
+        centres[count] = vector
         sizes.append(1)
-        labels.append(len(centres) - 1)
+        labels.append(count)
     return labels
 
 
@@ -128,14 +135,32 @@ def duplicates(
             first_seen[key] = index
     exact_pairs = {tuple(pair) for pair in exact}
     near: list[dict[str, Any]] = []
-    if len(texts) > 1:
-        sims = embeddings @ embeddings.T
-        rows, cols = np.where(np.triu(sims, k=1) >= threshold)
-        for a, b in zip(rows.tolist(), cols.tolist(), strict=True):
-            if (a, b) not in exact_pairs and _normalise(texts[a]) != _normalise(texts[b]):
-                near.append({"a": a, "b": b, "similarity": round(float(sims[a, b]), 4)})
-    near.sort(key=lambda pair: -pair["similarity"])
+    for a, b, similarity in similar_pairs(embeddings, threshold):
+        if (a, b) not in exact_pairs and _normalise(texts[a]) != _normalise(texts[b]):
+            near.append({"a": a, "b": b, "similarity": round(similarity, 4)})
+    near.sort(key=lambda pair: (-pair["similarity"], pair["a"], pair["b"]))  # ties: row-major, as before
     return exact, near
+
+
+def similar_pairs(
+    embeddings: np.ndarray, threshold: float, block: int = SIMILARITY_BLOCK
+) -> list[tuple[int, int, float]]:
+    """Every pair a < b with cosine (dot product of unit vectors) >= threshold, in row-major order.
+
+    Blockwise: `block` rows at a time against the rows from the block's first on (the upper
+    triangle only), keeping just the pairs over the threshold. Peak memory is
+    O(n x d + block x n), not the n x n matrix (50,000 examples: 10 GB, twice with the triangle).
+    """
+    n = len(embeddings)
+    pairs: list[tuple[int, int, float]] = []
+    for start in range(0, n - 1, block):
+        stop = min(start + block, n)
+        sims = embeddings[start:stop] @ embeddings[start:].T  # (rows, n - start); column j is example start + j
+        sims[np.tril_indices(stop - start, 0, sims.shape[1])] = -np.inf  # a < b only
+        rows, cols = np.nonzero(sims >= threshold)
+        values = sims[rows, cols].tolist()
+        pairs.extend(zip((rows + start).tolist(), (cols + start).tolist(), values, strict=True))
+    return pairs
 
 
 def _level(value: float, thresholds: tuple[int, int, int]) -> int:

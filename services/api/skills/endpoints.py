@@ -25,9 +25,9 @@ router = APIRouter(prefix="/api/skills", tags=["skills"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, summary="Create a skill")
-async def create_skill(body: SkillCreate, session: SessionDep) -> SkillOut:
+async def create_skill(body: SkillCreate, session: SessionDep, settings: SettingsDep) -> SkillOut:
     """A skill is a system prompt plus example conversations (`{user, assistant}`)."""
-    skill = await service.create_skill(session, body)
+    skill = await service.create_skill(session, body, settings.max_examples_per_skill)
     return await service.to_out(session, skill)
 
 
@@ -42,9 +42,10 @@ async def get_skill(skill_id: str, session: SessionDep) -> SkillOut:
 
 
 @router.put("/{skill_id}", summary="Update a skill")
-async def update_skill(skill_id: str, body: SkillUpdate, session: SessionDep) -> SkillOut:
+async def update_skill(skill_id: str, body: SkillUpdate, session: SessionDep, settings: SettingsDep) -> SkillOut:
     """Change any field; `conversations`, when given, replaces all examples."""
-    return await service.to_out(session, await service.update_skill(session, skill_id, body))
+    skill = await service.update_skill(session, skill_id, body, settings.max_examples_per_skill)
+    return await service.to_out(session, skill)
 
 
 @router.delete("/{skill_id}", summary="Delete a skill, its jobs and its adapters")
@@ -59,8 +60,11 @@ async def delete_skill(
 
 
 @router.post("/{skill_id}/examples", summary="Append example conversations")
-async def append_examples(skill_id: str, body: ExamplesAppend, session: SessionDep) -> ExamplesAppended:
-    skill = await service.append_examples(session, skill_id, body.conversations)
+async def append_examples(
+    skill_id: str, body: ExamplesAppend, session: SessionDep, settings: SettingsDep
+) -> ExamplesAppended:
+    """The skill's total may be at most `FASTBRAIN_MAX_EXAMPLES_PER_SKILL`; more is a 422 that adds nothing."""
+    skill = await service.append_examples(session, skill_id, body.conversations, settings.max_examples_per_skill)
     return ExamplesAppended(skill_id=skill_id, added=len(body.conversations), example_count=len(skill.training_data))
 
 
@@ -68,13 +72,14 @@ async def append_examples(skill_id: str, body: ExamplesAppend, session: SessionD
     "/{skill_id}/examples/import",
     summary="Import examples from a file (HIVE215 JSON, OpenAI JSONL, ShareGPT, Alpaca, CSV)",
     responses={
-        413: {"description": "The file is larger than 20 MB."},
+        413: {"description": "The file is larger than 20 MB, or the request than FASTBRAIN_MAX_REQUEST_BODY_BYTES."},
         422: {"description": "The file has problems (`details.problems`: line or row and message); nothing added."},
     },
 )
 async def import_examples(
     skill_id: str,
     session: SessionDep,
+    settings: SettingsDep,
     file: Annotated[UploadFile, File(description="The training-data file; its format is found from its content.")],
 ) -> ExamplesImported:
     """Append every example of the file, or none when any line or row has a problem.
@@ -83,4 +88,6 @@ async def import_examples(
     counted; near duplicates are kept and listed in `warnings`.
     """
     raw = await file.read(MAX_IMPORT_BYTES + 1)
-    return await service.import_examples(session, skill_id, file.filename or "upload", raw)
+    return await service.import_examples(
+        session, skill_id, file.filename or "upload", raw, settings.max_examples_per_skill
+    )

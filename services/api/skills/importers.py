@@ -30,10 +30,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from services.api.errors import ApiError, Unprocessable
-from shared.schemas.skills import MAX_HISTORY, MAX_TEXT, Conversation, Exchange
+from shared.schemas.skills import MAX_HISTORY, MAX_TURN_CHARS, Conversation, Exchange
 
 MAX_IMPORT_BYTES = 20 * 1024 * 1024
-MAX_EXAMPLES = 50_000
 MAX_PROBLEMS = 50
 
 FORMAT_NAMES = {
@@ -157,8 +156,8 @@ def _text(value: Any, what: str) -> str:
         raise _Bad(f"{what} must be text, got {type(value).__name__}")
     if not value.strip():
         raise _Bad(f"{what} is empty")
-    if len(value) > MAX_TEXT:
-        raise _Bad(f"{what} is longer than {MAX_TEXT} characters ({len(value)})")
+    if len(value) > MAX_TURN_CHARS:
+        raise _Bad(f"{what} is longer than {MAX_TURN_CHARS} characters ({len(value)})")
     return value
 
 
@@ -542,8 +541,6 @@ def parse_training_file(filename: str, raw: bytes) -> ParsedImport:
     fmt = collected.format if collected.format in FORMAT_NAMES else None
     if not problems and not collected.conversations:
         problems.add({"line": 1}, "the file holds no examples")
-    if len(collected.conversations) > MAX_EXAMPLES:
-        problems.add({"line": 1}, f"{len(collected.conversations)} examples; at most {MAX_EXAMPLES} per import")
     if problems:
         items = sorted(problems.items, key=lambda p: (p.get("row", 0), p.get("line", 0)))
         if problems.truncated:

@@ -10,10 +10,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.errors import Conflict, NotFound, Unprocessable
-from services.api.skills.importers import MAX_EXAMPLES, parse_training_file
+from services.api.skills.importers import parse_training_file
 from services.api.skills.validation import MAX_LISTED, exact_key, near_duplicates, normalised_text
 from shared.db.models import ACTIVE_JOB_STATUSES, Adapter, Skill, TrainingJob
 from shared.schemas.skills import (
+    STORED,
     Conversation,
     ExamplesImported,
     SkillCreate,
@@ -58,7 +59,7 @@ async def to_out(session: AsyncSession, skill: Skill) -> SkillOut:
         **_summary(skill, versions.get(skill.id)).model_dump(),
         system_prompt=skill.system_prompt,
         knowledge_items=skill.knowledge_items,
-        conversations=[Conversation.model_validate(c) for c in skill.training_data],
+        conversations=[Conversation.model_validate(c, context=STORED) for c in skill.training_data],
     )
 
 
@@ -68,7 +69,19 @@ async def list_skills(session: AsyncSession) -> list[SkillSummary]:
     return [_summary(s, versions.get(s.id)) for s in skills]
 
 
-async def create_skill(session: AsyncSession, body: SkillCreate) -> Skill:
+def check_example_cap(skill_id: str, current: int, adding: int, limit: int) -> None:
+    """The one examples-per-skill check (create, update, append, import): 422 with the numbers."""
+    if current + adding > limit:
+        raise Unprocessable(
+            f"Skill '{skill_id}' would hold {current + adding} examples; at most {limit} are allowed.",
+            details={"example_count": current, "adding": adding, "limit": limit},
+            suggestions=["Remove examples first, or raise FASTBRAIN_MAX_EXAMPLES_PER_SKILL."],
+            code="too_many_examples",
+        )
+
+
+async def create_skill(session: AsyncSession, body: SkillCreate, max_examples: int) -> Skill:
+    check_example_cap(body.skill_id, 0, len(body.conversations), max_examples)
     if await session.get(Skill, body.skill_id) is not None:
         raise Conflict(
             f"Skill '{body.skill_id}' already exists.",
@@ -90,7 +103,9 @@ async def create_skill(session: AsyncSession, body: SkillCreate) -> Skill:
     return skill
 
 
-async def update_skill(session: AsyncSession, skill_id: str, body: SkillUpdate) -> Skill:
+async def update_skill(session: AsyncSession, skill_id: str, body: SkillUpdate, max_examples: int) -> Skill:
+    if body.conversations is not None:  # a replacement: the skill will hold exactly these
+        check_example_cap(skill_id, 0, len(body.conversations), max_examples)
     skill = await get_skill(session, skill_id, for_update=True)
     changes = body.model_dump(exclude_unset=True, exclude_none=True)
     if "conversations" in changes:
@@ -104,8 +119,11 @@ async def update_skill(session: AsyncSession, skill_id: str, body: SkillUpdate) 
     return skill
 
 
-async def append_examples(session: AsyncSession, skill_id: str, conversations: list[Conversation]) -> Skill:
+async def append_examples(
+    session: AsyncSession, skill_id: str, conversations: list[Conversation], max_examples: int
+) -> Skill:
     skill = await get_skill(session, skill_id, for_update=True)
+    check_example_cap(skill_id, len(skill.training_data), len(conversations), max_examples)
     skill.training_data = [*skill.training_data, *(c.model_dump() for c in conversations)]
     skill.updated_at = func.now()
     await session.flush()
@@ -118,7 +136,9 @@ def _listed(items: list[str]) -> str:
     return shown + (f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
 
 
-async def import_examples(session: AsyncSession, skill_id: str, filename: str, raw: bytes) -> ExamplesImported:
+async def import_examples(
+    session: AsyncSession, skill_id: str, filename: str, raw: bytes, max_examples: int
+) -> ExamplesImported:
     """Append a training-data file's examples: all of them, or none when the file has any problem.
 
     Exact duplicates (of existing examples or earlier ones in the file) are skipped; near
@@ -150,12 +170,7 @@ async def import_examples(session: AsyncSession, skill_id: str, filename: str, r
         sources.append(source)
     if skipped:
         warnings.append(f"{len(skipped)} exact duplicates skipped: {_listed(skipped)}")
-    if len(existing) + len(added) > MAX_EXAMPLES:
-        raise Unprocessable(
-            f"Skill '{skill_id}' would hold {len(existing) + len(added)} examples; at most {MAX_EXAMPLES}.",
-            details={"example_count": len(existing), "adding": len(added), "limit": MAX_EXAMPLES},
-            code="too_many_examples",
-        )
+    check_example_cap(skill_id, len(existing), len(added), max_examples)
 
     labels = [f"existing example {n}" for n in range(1, len(existing) + 1)] + sources
     texts = [normalised_text(c) for c in existing] + [normalised_text(c) for c in added]
