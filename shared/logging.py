@@ -1,15 +1,93 @@
-"""structlog setup shared by the API, the worker and the CLI."""
+"""structlog setup shared by the API, the worker and the CLI.
+
+Secrets never reach a log line: `mask_secrets` (a structlog processor) replaces the value of
+any key named like a secret (password, token, secret, api_key, authorization, ...) and the
+password inside any URL (`postgresql://user:pw@host` becomes `postgresql://user:***@host`), in
+nested dicts and lists too. Standard-library records (uvicorn, SQLAlchemy, arq) get the URL
+masking through `SecretMaskingFilter` on the root handler.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 import structlog
+
+MASK = "***"
+# A key is secret when one of its "_"-separated words (lower-cased, "-" read as "_") is one of
+# these, or it contains "api_key": `password`, `modal_token_secret`, `access_token`, `x-api-key`,
+# `Authorization`. Not `tokens_seen`, `max_new_tokens` or `tokenizer`: counts and names of tokens.
+SECRET_KEY_WORDS = frozenset(
+    {"password", "passwd", "pwd", "secret", "token", "apikey", "authorization", "auth", "credential", "credentials"}
+)
+# scheme://user:password@ — the password is whatever lies between the first ":" of the
+# userinfo and the last "@" before the host.
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/?#@\s]*:)(?P<pw>[^@\s/]*)@")
+
+
+def is_secret_key(key: str) -> bool:
+    name = key.lower().replace("-", "_")
+    return "api_key" in name or not SECRET_KEY_WORDS.isdisjoint(name.split("_"))
+
+
+def mask_urls(text: str) -> str:
+    """`text` with the password of every URL in it replaced by `***`."""
+    return _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", text) if "://" in text else text
+
+
+def _mask(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return mask_urls(value)
+    if depth > 5:
+        return value
+    if isinstance(value, Mapping):
+        return {k: MASK if isinstance(k, str) and is_secret_key(k) else _mask(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_mask(v, depth + 1) for v in value)
+    return value
+
+
+def mask_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: secret-named keys' values become `***`, URL passwords too (in `event` as well)."""
+    for key, value in list(event_dict.items()):
+        if value is None:
+            continue
+        if key != "event" and is_secret_key(key):
+            event_dict[key] = MASK
+        elif isinstance(value, str | Mapping | list | tuple):
+            event_dict[key] = _mask(value)
+        elif isinstance(value, BaseException) and key != "exc_info":  # error=exc: its text may hold a URL
+            masked = mask_urls(str(value))
+            if masked != str(value):
+                event_dict[key] = f"{type(value).__name__}: {masked}"
+    return event_dict
+
+
+class SecretMaskingFilter(logging.Filter):
+    """Masks URL passwords in standard-library log records (their message and exception text)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_urls(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            if mask_urls(text) != text:
+                record.exc_info, record.exc_text = None, None
+                record.msg = f"{record.msg}\n{mask_urls(text)}"
+        return True
 
 
 def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
     logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, SecretMaskingFilter) for f in handler.filters):
+            handler.addFilter(SecretMaskingFilter())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer(colors=False)
     )
@@ -18,6 +96,7 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
+            mask_secrets,  # last before rendering: nothing added after it
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

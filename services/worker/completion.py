@@ -230,7 +230,13 @@ async def fail(
     await publish_quietly(ctx, event)
     store.remove(Path(spec.output_dir))
     store.remove(checkpoint_root(ctx["settings"], job.skill_id, job.id))
-    log.warning("training_failed", category=details["category"], message=payload.get("message"))
+    log.warning(  # the traceback reaches operators here and in the row, never clients (public_error_details)
+        "training_failed",
+        category=details["category"],
+        message=payload.get("message"),
+        exception_type=details["exception_type"],
+        traceback_tail=details["traceback_tail"],
+    )
 
 
 async def cancelled(ctx: WorkerContext, recorder: Recorder, job: TrainingJob, spec: TrainingSpec) -> None:

@@ -198,3 +198,29 @@ def is_terminal(event: dict[str, Any]) -> bool:
     if kind == "error":
         return bool(event.get("final", True))
     return kind == "status" and event.get("status") in {"completed", "failed", "cancelled"}
+
+
+# What a failure keeps for operators only: the database row and the logs hold them; nothing a
+# client receives (status endpoint, events endpoint, WebSocket) does. `message` (one line) stays.
+PRIVATE_ERROR_FIELDS = ("traceback_tail", "exception_type")
+
+
+def public_error_details(details: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored failure (`error_details`, an error event) as a client may see it: without
+    `PRIVATE_ERROR_FIELDS`, also inside its `attempts`. The input is left as it is."""
+    if details is None:
+        return None
+    public = {key: value for key, value in details.items() if key not in PRIVATE_ERROR_FIELDS}
+    if isinstance(public.get("attempts"), list):
+        public["attempts"] = public_attempts(public["attempts"])
+    return public
+
+
+def public_event(event: dict[str, Any]) -> dict[str, Any]:
+    """A stored or published event as a client receives it (see `public_error_details`)."""
+    return public_error_details(event) or {}
+
+
+def public_attempts(attempts: list[Any]) -> list[Any]:
+    """A job's `recovery_attempts` as a client may see them."""
+    return [public_error_details(a) if isinstance(a, dict) else a for a in attempts]

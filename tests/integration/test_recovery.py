@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from shared.db.models import Adapter
+from shared.db.models import Adapter, TrainingLog
 from shared.settings import Settings
 from tests.conftest import Stack, create_skill, demo_conversations, wait_for_status
 from tests.integration.test_training_e2e import collect_stream, ws_url
@@ -60,7 +60,7 @@ def _errors(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("stack_client", [{"FASTBRAIN_TEST_MEMORY_BUDGET_TOKENS": "70"}], indirect=True)
 async def test_oom_recovers_by_halving_batch_with_same_effective_batch(
-    stack_client: tuple[Stack, httpx.AsyncClient],
+    stack_client: tuple[Stack, httpx.AsyncClient], clean_db: AsyncEngine
 ) -> None:
     stack, http = stack_client
     stack.start_worker()
@@ -71,7 +71,13 @@ async def test_oom_recovers_by_halving_batch_with_same_effective_batch(
 
     errors = _errors(events)
     assert errors and all(e["category"] == "CUDA_OOM" and e["final"] is False for e in errors)
-    assert "OutOfMemoryError" in errors[0]["exception_type"]
+    assert "OutOfMemoryError" in errors[0]["message"]
+    assert "exception_type" not in errors[0] and "traceback_tail" not in errors[0], "clients get no traceback"
+    async with async_sessionmaker(clean_db)() as session:  # the stored event keeps them, for operators
+        stored = await session.scalar(
+            select(TrainingLog.data).where(TrainingLog.job_id == job_id, TrainingLog.seq == errors[0]["seq"])
+        )
+    assert stored is not None and "OutOfMemoryError" in stored["exception_type"] and stored["traceback_tail"]
     attempts = errors[-1]["attempts"]
     assert [a["action"] for a in attempts] == ["reduce_batch_size"] * len(attempts)
     batches = [(a["batch_size"], a["gradient_accumulation_steps"]) for a in attempts]

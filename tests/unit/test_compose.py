@@ -15,7 +15,7 @@ def test_compose_names_services_ports_and_healthchecks() -> None:
     assert set(services) == {"postgres", "redis", "migrate", "api", "worker"}
     for name in ("postgres", "redis", "api", "worker"):
         assert "healthcheck" in services[name], name
-    assert services["api"]["ports"] == ["8000:8000"]
+    assert services["api"]["ports"] == ["${FASTBRAIN_API_BIND:-127.0.0.1}:8000:8000"]
     assert services["migrate"]["command"] == ["fastbrain", "migrate"]
     assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert services["worker"]["command"] == ["fastbrain", "worker"]
@@ -40,3 +40,14 @@ def test_worker_image_has_the_modal_client() -> None:
 def test_api_image_has_no_torch() -> None:
     dockerfile = (REPO / "docker" / "api.Dockerfile").read_text()
     assert "torch" not in dockerfile.split("no torch")[-1]
+
+
+def test_published_ports_bind_to_loopback_unless_configured() -> None:
+    """Every published port names its host address, loopback by default: none is on all interfaces."""
+    for path in sorted(REPO.glob("docker-compose*.yml")) + sorted(REPO.glob("compose*.yml")):
+        services = yaml.safe_load(path.read_text())["services"]
+        for name, service in services.items():
+            for port in service.get("ports", []):
+                host = str(port).rsplit(":", 2)[0] if str(port).count(":") >= 2 else ""
+                where = f"{path.name}: {name} publishes {port}"
+                assert host in ("127.0.0.1", "${FASTBRAIN_API_BIND:-127.0.0.1}"), where

@@ -153,10 +153,10 @@ FAKE_TRAINER = textwrap.dedent(
     """
     import json, os, sys, time
     from pathlib import Path
-    Path(os.environ["FAKE_TRAINER_PID_FILE"]).write_text(str(os.getpid()))
-    for line in json.loads(os.environ["FAKE_TRAINER_LINES"]):
+    Path(os.environ["FASTBRAIN_TEST_FAKE_PID_FILE"]).write_text(str(os.getpid()))
+    for line in json.loads(os.environ["FASTBRAIN_TEST_FAKE_LINES"]):
         print(line, flush=True)
-    time.sleep(float(os.environ.get("FAKE_TRAINER_LINGER", "0")))
+    time.sleep(float(os.environ.get("FASTBRAIN_TEST_FAKE_LINGER", "0")))
     """
 )
 
@@ -178,9 +178,10 @@ async def _run_fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines: list
     script = tmp_path / "fake_trainer.py"
     script.write_text(FAKE_TRAINER)
     pid_file = tmp_path / "pid"
-    monkeypatch.setenv("FAKE_TRAINER_PID_FILE", str(pid_file))  # read by the fake only, in the child
-    monkeypatch.setenv("FAKE_TRAINER_LINES", json.dumps(lines))
-    monkeypatch.setenv("FAKE_TRAINER_LINGER", str(linger))
+    # FASTBRAIN_TEST_*: names the trainer env allow-list passes to the child
+    monkeypatch.setenv("FASTBRAIN_TEST_FAKE_PID_FILE", str(pid_file))
+    monkeypatch.setenv("FASTBRAIN_TEST_FAKE_LINES", json.dumps(lines))
+    monkeypatch.setenv("FASTBRAIN_TEST_FAKE_LINGER", str(linger))
     backend = LocalBackend(Settings(data_dir=tmp_path), trainer_command=(sys.executable, str(script)))
 
     async def collect() -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ from starlette.websockets import WebSocketState
 from services.api.deps import AppState
 from shared.db.models import TrainingJob
 from shared.events import MAX_SEQ
+from shared.schemas.events import public_event
 
 router = APIRouter(prefix="/api", tags=["streams"])
 log = structlog.get_logger(__name__)
@@ -66,7 +67,7 @@ async def training_stream(websocket: WebSocket, job_id: uuid.UUID, after_seq: An
         # aclosing: the subscription is released when this task ends or is cancelled, not at GC.
         async with aclosing(state.hub.stream(job_id, position)) as events:
             async for event in events:
-                await websocket.send_json(event)
+                await websocket.send_json(public_event(event))  # tracebacks stay in the database and logs
 
     sender = asyncio.create_task(send_events(), name=f"stream-send-{job_id}")
     receiver = asyncio.create_task(_until_disconnect(websocket), name=f"stream-receive-{job_id}")

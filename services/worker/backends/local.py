@@ -34,6 +34,42 @@ STDERR_TAIL_LINES = 40
 KILL_GRACE_SECONDS = 3.0
 TRAINER_COMMAND = (sys.executable, "-m", "services.gpu.trainer")  # the spec file's path is appended
 
+# The trainer's environment is built from this allow-list, never the worker's whole one: the
+# worker holds the database and Redis URLs and the Modal tokens, which the trainer has no use
+# for (it reads its spec file and writes events to stdout). Names listed exactly, or any name
+# starting with a prefix ending in "_". What passes: the process basics, Python's own switches,
+# the Hugging Face caches and offline switches, thread counts, the GPU device selection, torch's
+# allocator, the trainer's FASTBRAIN_* switches (services/gpu/training/model.py) and its
+# FASTBRAIN_TEST_* fault hooks (services/gpu/faults.py). Proxy variables are left out (they may
+# carry credentials): the trainer loads its base models offline from the spec's models_dir.
+TRAINER_ENV_ALLOW = (
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "LC_", "TZ", "TMPDIR", "TEMP", "TMP",
+    "XDG_CACHE_HOME", "LD_LIBRARY_PATH", "SSL_CERT_FILE", "SSL_CERT_DIR",
+    "PYTHONPATH", "PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONDONTWRITEBYTECODE", "PYTHONFAULTHANDLER",
+    "PYTHONUTF8", "PYTHONIOENCODING",
+    "HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_", "SAFETENSORS_",
+    "OMP_", "MKL_", "OPENBLAS_", "NUMEXPR_", "KMP_",
+    "CUDA_", "NVIDIA_", "TORCH_", "PYTORCH_", "TRITON_", "UNSLOTH_",
+    "FASTBRAIN_TRAIN_DEVICE", "FASTBRAIN_UNSLOTH", "FASTBRAIN_TEST_",
+)  # fmt: skip
+# Never passed, whatever the list above would let through.
+TRAINER_ENV_DENY = ("FASTBRAIN_DATABASE_URL", "FASTBRAIN_REDIS_URL", "MODAL_")
+
+
+def _allowed(name: str, patterns: Sequence[str]) -> bool:
+    return any(name.startswith(p) if p.endswith("_") else name == p for p in patterns)
+
+
+def trainer_env(environ: dict[str, str] | os._Environ[str] | None = None) -> dict[str, str]:
+    """The trainer subprocess's environment: the allow-listed part of `environ` (default: this process's)."""
+    source = os.environ if environ is None else environ
+    env = {
+        name: value
+        for name, value in source.items()
+        if _allowed(name, TRAINER_ENV_ALLOW) and not _allowed(name, TRAINER_ENV_DENY)
+    }
+    return {**env, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+
 
 def _device() -> str:
     # The worker does not import torch just to ask; the trainer reports the real
@@ -58,7 +94,7 @@ class LocalBackend:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=str(REPO_ROOT),
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"},
+            env=trainer_env(),  # allow-listed: no database URL, no Modal tokens
             start_new_session=True,  # its own process group: cancel kills the whole tree
             limit=16 * 1024 * 1024,
         )
