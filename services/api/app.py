@@ -8,7 +8,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from arq import create_pool
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -18,8 +18,10 @@ from starlette.types import Scope
 
 from services.api.adapters.endpoints import router as adapters_router
 from services.api.data.endpoints import router as data_router
-from services.api.deps import AppState
+from services.api.deps import AppState, reject_nul_in_url
 from services.api.errors import Unavailable, install_error_handlers
+from services.api.limits import install_body_limit
+from services.api.security import CSP_HEADER, SecurityHeadersMiddleware, docs_csp
 from services.api.skills.endpoints import router as skills_router
 from services.api.streams.endpoints import router as streams_router
 from services.api.system.endpoints import router as system_router
@@ -73,20 +75,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(reject_nul_in_url)],  # PostgreSQL text cannot hold one: a 422, never a 500
     )
     app.mount("/static/swagger", StaticFiles(directory=SWAGGER_ASSETS), name="swagger")
 
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url="/openapi.json",
             title="Fast Brain API",
             swagger_js_url="/static/swagger/swagger-ui-bundle.js",
             swagger_css_url="/static/swagger/swagger-ui.css",
             swagger_favicon_url="/static/swagger/favicon.png",
         )
+        page.headers[CSP_HEADER] = docs_csp(bytes(page.body).decode())  # its one inline script, by hash
+        return page
 
+    app.add_middleware(SecurityHeadersMiddleware)  # CSP, nosniff, no-referrer; no CORS middleware: CORS is off
     install_error_handlers(app)
+    install_body_limit(app, settings.max_request_body_bytes)
     routers = (skills_router, data_router, training_router, streams_router, adapters_router, system_router)
     for router in routers:
         app.include_router(router)

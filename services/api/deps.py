@@ -9,10 +9,13 @@ from typing import Annotated, Any
 
 from arq.connections import ArqRedis
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.requests import HTTPConnection
 
 from shared.event_hub import EventHub
 from shared.events import publish
+from shared.schemas.text import NUL, NUL_MESSAGE
 from shared.settings import Settings
 
 
@@ -87,3 +90,23 @@ def get_settings(state: StateDep) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def reject_nul_in_url(connection: HTTPConnection) -> None:
+    """An app-wide dependency: a NUL character (`%00`) in the path or the query string is a 422.
+
+    PostgreSQL text cannot hold one, so it must never reach a query as a parameter. JSON
+    bodies are checked by their models (`shared.schemas.text.NoNulStrings`); WebSocket
+    routes parse their own parameters and answer with a close code.
+    """
+    if connection.scope["type"] != "http":
+        return
+    errors: list[dict[str, Any]] = []
+    if NUL in connection.scope["path"]:
+        errors.append({"type": "string_nul", "loc": ("url",), "msg": f"The path {NUL_MESSAGE}", "input": None})
+    for key, value in connection.query_params.multi_items():
+        if NUL in key or NUL in value:
+            name = key.replace(NUL, "\\u0000")
+            errors.append({"type": "string_nul", "loc": ("query", name), "msg": f"Value {NUL_MESSAGE}", "input": None})
+    if errors:
+        raise RequestValidationError(errors)

@@ -8,10 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.schemas.text import NoNulStrings
 from shared.schemas.training import Preset, TrainingConfigRequest
 
 
-class EstimateRequest(BaseModel):
+class EstimateRequest(NoNulStrings):
     """What to estimate: a preset, or a full config (a preset plus overrides), on a backend and GPU."""
 
     model_config = ConfigDict(extra="forbid")
@@ -168,7 +169,7 @@ class Deleted(BaseModel):
     message: str
 
 
-class TestAdapterRequest(BaseModel):
+class TestAdapterRequest(NoNulStrings):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=4_000, examples=["What is blackstrap molasses?"])

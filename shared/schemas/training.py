@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.schemas.text import NoNulStrings
+
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 
 
@@ -91,7 +93,7 @@ def preset_values(preset: Preset, example_count: int | None = None) -> Hyperpara
     return (SMALL_SKILL_PRESETS if small else PRESETS)[preset]
 
 
-class TrainingConfigRequest(BaseModel):
+class TrainingConfigRequest(NoNulStrings):
     """What a client sends: a preset, a base model, and any field to override."""
 
     model_config = ConfigDict(extra="forbid")
@@ -109,7 +111,7 @@ class TrainingConfigRequest(BaseModel):
     warmup_ratio: float | None = Field(None, ge=0.0, le=0.5)
     lr_scheduler: Literal["cosine", "linear", "constant"] | None = None
     max_steps: int | None = Field(None, ge=1, le=100_000)
-    seed: int | None = Field(None, ge=0)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)  # numpy's seed range, which transformers' set_seed uses
     gradient_checkpointing: bool | None = None
     packing: bool | None = None
 

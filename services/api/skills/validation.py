@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import math
 import re
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,11 @@ RECOMMENDED_EXAMPLES = 50
 NEAR_JACCARD = 0.8
 NEAR_RATIO = 0.9
 MAX_LISTED = 10
+# Bounds on the difflib check, whose cost grows with the square of the texts' length: the characters
+# of each normalised text it compares, and the seconds one search spends on it; past those seconds
+# the remaining candidates are judged by their word sets alone (a request answers in seconds).
+RATIO_CHARS = 1_000
+RATIO_SECONDS = 2.0
 
 _WORD = re.compile(r"\w+")
 _SPACE = re.compile(r"\s+")
@@ -54,6 +60,19 @@ def normalised_text(conversation: Conversation | dict[str, Any]) -> str:
     return " | ".join(f"{normalise(u)} > {normalise(a)}" for u, a in _pairs(conversation))
 
 
+def _ratio(a: str, b: str) -> float:
+    """difflib's similarity of two texts, in bounded time: the first RATIO_CHARS characters of each.
+
+    SequenceMatcher is quadratic in the worst case (a long run of one character takes minutes
+    for 20,000-character turns); the cheap upper bounds come first.
+    """
+    a, b = a[:RATIO_CHARS], b[:RATIO_CHARS]
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+    if matcher.real_quick_ratio() < NEAR_RATIO or matcher.quick_ratio() < NEAR_RATIO:
+        return 0.0
+    return matcher.ratio()
+
+
 @dataclass
 class NearDuplicate:
     first: int
@@ -72,6 +91,7 @@ def near_duplicates(texts: Sequence[str], *, only_involving: Iterable[int] | Non
     wanted = set(range(len(texts))) if only_involving is None else set(only_involving)
     index: dict[str, list[int]] = defaultdict(list)
     found: list[NearDuplicate] = []
+    deadline = time.monotonic() + RATIO_SECONDS
     for j, ws in enumerate(words):
         ordered = sorted(ws, key=lambda w: (frequency[w], w))
         # Prefix filtering: two sets with Jaccard >= t share a word among the first
@@ -86,8 +106,9 @@ def near_duplicates(texts: Sequence[str], *, only_involving: Iterable[int] | Non
                 found.append(NearDuplicate(i, j, 1.0))
                 continue
             union = len(words[i] | words[j])
-            if union and len(words[i] & words[j]) / union >= NEAR_JACCARD:
-                ratio = difflib.SequenceMatcher(None, texts[i], texts[j], autojunk=False).ratio()
+            jaccard = len(words[i] & words[j]) / union if union else 0.0
+            if jaccard >= NEAR_JACCARD:
+                ratio = _ratio(texts[i], texts[j]) if time.monotonic() < deadline else jaccard
                 if ratio >= NEAR_RATIO:
                     found.append(NearDuplicate(i, j, round(ratio, 3)))
         for w in prefix:

@@ -11,6 +11,7 @@ from services.api.deps import AfterCommitDep, SessionDep, SettingsDep
 from services.api.training import service
 from shared.db.models import JobStatus
 from shared.events import MAX_SEQ, history
+from shared.schemas.events import public_event
 from shared.schemas.jobs import (
     EstimateOut,
     EstimateRequest,
@@ -24,6 +25,8 @@ from shared.schemas.jobs import (
 from shared.schemas.training import TrainRequest
 
 router = APIRouter(prefix="/api", tags=["training"])
+# PostgreSQL's OFFSET is a bigint: a larger one is a database error, not an empty page.
+MAX_OFFSET = 2**63 - 1
 
 
 @router.post(
@@ -89,7 +92,7 @@ async def training_jobs(
     skill_id: str | None = None,
     status: Annotated[JobStatus | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> JobList:
     jobs, total = await service.list_jobs(
         session, skill_id=skill_id, status=status.value if status else None, limit=limit, offset=offset
@@ -110,7 +113,7 @@ async def training_events(
     until its terminal event arrives)."""
     await service.get_job(session, job_id)
     page = await history(session, job_id, after_seq, limit=limit + 1)
-    events = page[:limit]
+    events = [public_event(event) for event in page[:limit]]  # as the WebSocket sends them: no tracebacks
     return EventPage(
         job_id=job_id,
         events=events,

@@ -23,6 +23,7 @@ from shared.rules import tasks
 from shared.rules.devices import device_for
 from shared.rules.templates import template_problems
 from shared.rules.tokens import count_example_tokens, length_warning
+from shared.schemas.events import public_attempts, public_error_details
 from shared.schemas.jobs import (
     EstimateOut,
     EstimateRequest,
@@ -298,8 +299,8 @@ async def job_status(
         eval_examples=job.eval_examples,
         improvement_pct=job.improvement_pct,
         error_message=job.error_message,
-        error_details=job.error_details,
-        recovery_attempts=job.recovery_attempts,
+        error_details=public_error_details(job.error_details),  # no traceback: it stays in the row and the logs
+        recovery_attempts=public_attempts(job.recovery_attempts or []),
         cancel_requested=job.cancel_requested_at is not None,
         config=job.config,
         attempt=job.attempt,
