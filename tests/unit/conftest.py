@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from shared.schemas.training import Hyperparameters, TrainingSpec, Turn
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -22,3 +24,17 @@ def tokenizer() -> Any:
     from services.gpu.models import load_smollm2_tokenizer
 
     return load_smollm2_tokenizer(models_dir())
+
+
+def tiny_spec(tmp_path: Path, job_id: str = "job-fake", skill_id: str = "fake-skill") -> TrainingSpec:
+    """A one-step spec for tests that run a fake trainer command through a backend."""
+    return TrainingSpec(
+        job_id=job_id,
+        skill_id=skill_id,
+        base_model="tiny-random",
+        system_prompt="You are terse.",
+        conversations=[Turn(user="hi", assistant="hello")],
+        hyperparameters=Hyperparameters(max_steps=1),
+        output_dir=str(tmp_path / "staging"),
+        models_dir=str(tmp_path / "models"),
+    )

@@ -18,8 +18,8 @@ from services.worker.backends.local import LocalBackend
 from services.worker.backends.modal import ModalBackend
 from shared.errors import DataFormatError, describe
 from shared.schemas.events import MALFORMED_MESSAGE_CHARS, check_trainer_payload
-from shared.schemas.training import Hyperparameters, TrainingSpec, Turn
 from shared.settings import Settings
+from tests.unit.conftest import tiny_spec
 
 # What services/gpu/trainer.py and modal_app.py really send (same fields, same value types).
 PROGRESS = {
@@ -161,19 +161,6 @@ FAKE_TRAINER = textwrap.dedent(
 )
 
 
-def _spec(tmp_path: Path) -> TrainingSpec:
-    return TrainingSpec(
-        job_id="job-fake",
-        skill_id="fake-skill",
-        base_model="tiny-random",
-        system_prompt="You are terse.",
-        conversations=[Turn(user="hi", assistant="hello")],
-        hyperparameters=Hyperparameters(max_steps=1),
-        output_dir=str(tmp_path / "staging"),
-        models_dir=str(tmp_path / "models"),
-    )
-
-
 async def _run_fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines: list[str], linger: float = 0) -> Any:
     script = tmp_path / "fake_trainer.py"
     script.write_text(FAKE_TRAINER)
@@ -185,7 +172,7 @@ async def _run_fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines: list
     backend = LocalBackend(Settings(data_dir=tmp_path), trainer_command=(sys.executable, str(script)))
 
     async def collect() -> list[dict[str, Any]]:
-        return [payload async for payload in backend.train(_spec(tmp_path))]
+        return [payload async for payload in backend.train(tiny_spec(tmp_path))]
 
     payloads = await asyncio.wait_for(collect(), 30)
     return payloads, int(pid_file.read_text())
@@ -260,7 +247,7 @@ async def test_modal_backend_turns_a_malformed_payload_into_an_internal_error_an
     )
     backend = _RecordingModalBackend(Settings(data_dir=tmp_path), lookup=lambda: trainer)
     backend.cancelled = []
-    payloads = [p async for p in backend.train(_spec(tmp_path))]
+    payloads = [p async for p in backend.train(tiny_spec(tmp_path))]
     assert payloads[0] == LOG
     assert len(payloads) == 2
     _assert_internal(payloads[1], "progress.total_steps")

@@ -18,8 +18,8 @@ from services.worker.backends.local import LocalBackend, trainer_env
 from shared.errors import describe
 from shared.logging import MASK, SecretMaskingFilter, configure_logging, is_secret_key, mask_secrets, mask_urls
 from shared.schemas.events import PRIVATE_ERROR_FIELDS, public_error_details, public_event
-from shared.schemas.training import Hyperparameters, TrainingSpec, Turn
 from shared.settings import Settings
+from tests.unit.conftest import tiny_spec
 
 SECRET_URL = "postgresql+asyncpg://fastbrain:hunter2-secret@db.internal:5432/fastbrain"
 
@@ -116,16 +116,7 @@ async def test_trainer_child_gets_no_database_url_or_modal_token(
     script = tmp_path / "env_trainer.py"
     script.write_text(FAKE_TRAINER)
     backend = LocalBackend(Settings(data_dir=tmp_path), trainer_command=(sys.executable, str(script)))
-    spec = TrainingSpec(
-        job_id="job-env",
-        skill_id="env-skill",
-        base_model="tiny-random",
-        system_prompt="You are terse.",
-        conversations=[Turn(user="hi", assistant="hello")],
-        hyperparameters=Hyperparameters(max_steps=1),
-        output_dir=str(tmp_path / "staging"),
-        models_dir=str(tmp_path / "models"),
-    )
+    spec = tiny_spec(tmp_path, job_id="job-env", skill_id="env-skill")
 
     async def collect() -> list[dict[str, Any]]:
         return [payload async for payload in backend.train(spec)]
