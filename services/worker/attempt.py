@@ -81,7 +81,7 @@ async def _run_attempt(ctx: WorkerContext, recorder: Recorder, job: TrainingJob)
     settings = ctx["settings"]
     spec = build_spec(job, settings)
     drive = asyncio.create_task(_drive_with_recovery(ctx, recorder, job, spec))
-    watcher = asyncio.create_task(watch(ctx, recorder.lease))
+    watcher = asyncio.create_task(watch(ctx, recorder.lease, recorder.ending))
     try:
         done, _ = await asyncio.wait(
             {drive, watcher}, timeout=settings.job_timeout_seconds, return_when=asyncio.FIRST_COMPLETED
@@ -92,9 +92,10 @@ async def _run_attempt(ctx: WorkerContext, recorder: Recorder, job: TrainingJob)
         await asyncio.shield(_hand_back(ctx, recorder, job, spec, "Worker stopped; the job will resume"))
         raise
     try:
-        if drive in done:
+        if drive in done or (watcher in done and watcher.result() == "ending"):
+            # The trainer is done and the attempt is writing its ending (its own fence checks the lease).
             watcher.cancel()
-            return drive.result()
+            return await drive
         await _stop(drive)  # kills the trainer process
         if watcher not in done:
             watcher.cancel()

@@ -11,6 +11,7 @@ then the reaper may have handed the job to another worker, so it must assume so)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
@@ -28,7 +29,10 @@ from shared.events import publish
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
-StopReason = Literal["cancelled", "lease_lost"]
+StopReason = Literal["cancelled", "lease_lost", "ending"]
+# Transitions that end the attempt: once one starts, its own fence is the lease check, and
+# the watcher must not report the job's new status as a lost lease.
+ENDING_TRANSITIONS = frozenset({"complete", "fail", "requeue", "cancelled"})
 
 
 def transient(exc: BaseException) -> bool:
@@ -87,6 +91,7 @@ class Recorder:
     def __init__(self, ctx: WorkerContext, lease: Lease) -> None:
         self.ctx = ctx
         self.lease = lease
+        self.ending = asyncio.Event()  # set when an ending transition starts: the watcher stands down
 
     async def write(
         self,
@@ -96,6 +101,8 @@ class Recorder:
         undo: Callable[[], None] | None = None,
     ) -> T:
         """One transition; raises LeaseLost (and logs the refusal) when its fence does not hold."""
+        if name in ENDING_TRANSITIONS:
+            self.ending.set()
         result = await in_transaction(self.ctx, transition, undo=undo)
         if result is None:
             log.warning("lease_lost_write_refused", transition=name, attempt=self.lease.attempt)
@@ -108,11 +115,12 @@ class Recorder:
         return event
 
 
-async def watch(ctx: WorkerContext, lease: Lease) -> StopReason:
-    """Renew the lease every heartbeat; return as soon as the attempt must stop."""
+async def watch(ctx: WorkerContext, lease: Lease, ending: asyncio.Event) -> StopReason:
+    """Renew the lease every heartbeat; return as soon as the attempt must stop, or is ending by itself."""
     settings = ctx["settings"]
+    poll = min(settings.cancel_poll_seconds, settings.heartbeat_seconds)
     last_beat = time.monotonic()  # the claim wrote the first heartbeat
-    while True:
+    while not ending.is_set():
         beat = time.monotonic() - last_beat >= settings.heartbeat_seconds
         try:
             async with ctx["sessionmaker"]() as session, session.begin():
@@ -124,10 +132,14 @@ async def watch(ctx: WorkerContext, lease: Lease) -> StopReason:
                 return "lease_lost"
             log.warning("watch_failed", error=str(exc))
         else:
+            if ending.is_set():  # the attempt's own ending changed the row meanwhile
+                break
             if state == "lost":
                 return "lease_lost"
             if state == "cancel_requested":
                 return "cancelled"
             if beat:
                 last_beat = time.monotonic()
-        await asyncio.sleep(min(settings.cancel_poll_seconds, settings.heartbeat_seconds))
+        with contextlib.suppress(TimeoutError):  # the poll interval, cut short when the attempt ends
+            await asyncio.wait_for(ending.wait(), poll)
+    return "ending"

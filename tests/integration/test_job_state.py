@@ -20,6 +20,7 @@ from arq import Worker, create_pool
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from services.worker.lease import Recorder, watch
 from services.worker.main import build_worker
 from services.worker.reaper import reap_stale_jobs
 from shared.db import job_state
@@ -344,8 +345,24 @@ async def test_versions_are_never_reused_after_a_delete(
     assert versions == [1, 2, 3]
 
 
+async def test_the_watcher_stands_down_when_the_attempt_ends_itself(
+    clean_db: AsyncEngine, sessionmaker: async_sessionmaker[AsyncSession], fast: Settings
+) -> None:
+    """The attempt's own completion changes the row the watcher polls: that is no lost lease."""
+    job_id = await _new_job(sessionmaker, "state-ending")
+    async with sessionmaker() as session, session.begin():
+        claimed = await job_state.claim(session, job_id, "w1")
+        assert claimed is not None
+    lease = claimed[0]
+    ctx: dict[str, Any] = {"settings": fast, "sessionmaker": sessionmaker}
+    recorder = Recorder(ctx, lease)  # type: ignore[arg-type]
+    watcher = asyncio.create_task(watch(ctx, lease, recorder.ending))  # type: ignore[arg-type]
+    await recorder.write("complete", lambda session: job_state.complete(session, lease, {"type": "complete"}))
+    async with asyncio.timeout(5):
+        assert await watcher == "ending"
+
+
 async def test_a_watcher_that_cannot_reach_the_database_assumes_its_lease_lost(fast: Settings) -> None:
-    from services.worker.lease import watch
 
     class Unreachable:
         """A sessionmaker whose database never answers (as during a network partition)."""
@@ -358,7 +375,7 @@ async def test_a_watcher_that_cannot_reach_the_database_assumes_its_lease_lost(f
         "sessionmaker": Unreachable(),
     }
     async with asyncio.timeout(5):
-        assert await watch(ctx, Lease(uuid.uuid4(), "w1", 1)) == "lease_lost"  # type: ignore[arg-type]
+        assert await watch(ctx, Lease(uuid.uuid4(), "w1", 1), asyncio.Event()) == "lease_lost"  # type: ignore[arg-type]
 
 
 async def test_max_attempts_setting_is_stored_on_each_new_job(migrated: Settings, clean_db: AsyncEngine) -> None:
