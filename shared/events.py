@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import TrainingLog
 
@@ -49,33 +47,3 @@ async def history(
     if limit is not None:
         query = query.limit(limit)
     return list(await session.scalars(query))
-
-
-async def read_history(
-    sessionmaker: async_sessionmaker[AsyncSession], job_id: uuid.UUID, after_seq: int = 0
-) -> list[dict[str, Any]]:
-    async with sessionmaker() as session:
-        return await history(session, job_id, after_seq)
-
-
-async def stream_events(
-    redis: Redis,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    job_id: uuid.UUID,
-    after_seq: int = 0,
-) -> AsyncGenerator[dict[str, Any], None]:
-    """History after `after_seq`, then live events, in seq order, each once; ends with the job.
-
-    A one-off stream with a hub of its own (one pub/sub connection); a process that
-    streams to many clients shares one `EventHub` instead (the API does).
-    """
-    from shared.event_hub import EventHub  # it builds on this module
-
-    hub = EventHub(redis, sessionmaker)
-    await hub.start()
-    try:
-        async with aclosing(hub.stream(job_id, after_seq)) as events:
-            async for event in events:
-                yield event
-    finally:
-        await hub.aclose()

@@ -25,7 +25,7 @@ from services.worker.context import WorkerContext
 from services.worker.lease import Recorder, in_transaction, publish_quietly, watch
 from services.worker.recovery import RecoveryLimits, decide
 from shared.db import job_state
-from shared.db.job_state import Lease, LeaseLost
+from shared.db.job_state import LeaseLost
 from shared.db.models import TrainingJob
 from shared.errors import ErrorCategory
 from shared.rules.tasks import RUN_TRAINING
@@ -236,6 +236,3 @@ async def enqueue(ctx: WorkerContext, job_id: uuid.UUID, arq_job_id: str | None,
         )
     except Exception as exc:
         log.warning("enqueue_failed", arq_job_id=arq_job_id, error=str(exc))
-
-
-__all__ = ["Lease", "build_spec", "run_training"]

@@ -18,7 +18,8 @@ from services.worker.main import build_worker
 from shared.db import job_state, migrate
 from shared.db.engine import create_engine
 from shared.db.models import JobStatus, Skill, TrainingJob, TrainingLog
-from shared.events import channel, publish, stream_events
+from shared.event_hub import EventHub
+from shared.events import channel, publish
 from shared.settings import Settings
 from tests.conftest import demo_conversations
 from tests.waiting import wait_until
@@ -69,8 +70,11 @@ async def test_events_are_persisted_then_streamed_without_gaps(
 
     received: list[dict[str, object]] = []
 
+    hub = EventHub(redis, sessionmaker)
+    await hub.start()
+
     async def consume() -> None:
-        async for event in stream_events(redis, sessionmaker, job_id):
+        async for event in hub.stream(job_id):
             received.append(event)
 
     consumer = asyncio.create_task(consume())
@@ -85,6 +89,7 @@ async def test_events_are_persisted_then_streamed_without_gaps(
         await job_state.append(session, job_id, {"type": "log", "message": "unpublished"})
     await emit({"type": "complete", "final_loss": 1.0})
     await asyncio.wait_for(consumer, 10)
+    await hub.aclose()
 
     assert [e["seq"] for e in received] == [1, 2, 3, 4, 5]
     assert [e["type"] for e in received] == ["log", "log", "progress", "log", "complete"]
