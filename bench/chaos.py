@@ -187,8 +187,9 @@ class Report:
 
 
 class Chaos:
-    def __init__(self, database_url: str, engine: AsyncEngine, work_dir: Path) -> None:
+    def __init__(self, database_url: str, engine: AsyncEngine, work_dir: Path, api_key: str) -> None:
         self.engine = engine
+        self.headers = {"Authorization": f"Bearer {api_key}"}
         self.work_dir = work_dir
         self.logs = work_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -206,6 +207,9 @@ class Chaos:
             "FASTBRAIN_QUEUE_NAME": f"fastbrain-chaos:{uuid.uuid4().hex[:6]}",
             "FASTBRAIN_WORKER_HEALTH_SECONDS": "5",
             "FASTBRAIN_LOG_LEVEL": "INFO",
+            # All the run's trainings are in flight at once, and it polls them all: no workspace limits.
+            "FASTBRAIN_MAX_CONCURRENT_JOBS_PER_WORKSPACE": str(SKILLS * ROUNDS),
+            "FASTBRAIN_REQUESTS_PER_MINUTE_PER_KEY": "100000",
             **WORKER_ENV,
         }
         self.cli = [sys.executable, "-m", "services.cli"]
@@ -269,7 +273,7 @@ class Chaos:
 
     async def run(self) -> Report:
         started = time.monotonic()
-        async with httpx.AsyncClient(base_url=self.url, timeout=60) as http:
+        async with httpx.AsyncClient(base_url=self.url, timeout=60, headers=self.headers) as http:
             await wait_until(lambda: self._healthy(http), "the API", 60)
             for _ in range(WORKERS):
                 self.start_worker()
@@ -460,7 +464,7 @@ class Chaos:
         expected = (await self.sql("SELECT event_seq FROM fb_training_jobs WHERE id = :id", id=uuid.UUID(job_id)))[0][0]
         url = self.url.replace("http", "ws", 1) + f"/api/training-stream/{job_id}"
         seqs = []
-        async with asyncio.timeout(30), websockets.connect(url) as ws:
+        async with asyncio.timeout(30), websockets.connect(url, additional_headers=self.headers) as ws:
             try:
                 async for message in ws:
                     seqs.append(json.loads(message)["seq"])
@@ -471,12 +475,14 @@ class Chaos:
 
 
 async def run_chaos(database_url: str, work_dir: Path) -> Report:
-    from shared.db import migrate
-    from shared.db.engine import create_engine
+    from shared.db import keys, migrate
+    from shared.db.engine import create_engine, create_sessionmaker
 
     await asyncio.to_thread(migrate.upgrade, database_url, "head")
     engine = create_engine(database_url, application_name="chaos-checker")
-    chaos = Chaos(database_url, engine, work_dir)
+    async with create_sessionmaker(engine)() as session, session.begin():
+        api_key = (await keys.create_key(session, "chaos", keys.Scope.TRAIN, "chaos run")).secret
+    chaos = Chaos(database_url, engine, work_dir, api_key)
     try:
         return await chaos.run()
     finally:

@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 
+from services.admin.commands import local_api_key
+
 CONFIG = {"preset": "quick", "base_model": "tiny-random", "max_steps": 4, "max_seq_length": 128}
 CONVERSATIONS = [
     {"user": f"Question {i} about {topic}?", "assistant": f"A short answer on {topic}, number {i}."}
@@ -43,7 +45,7 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=3)
     args = parser.parse_args()
     skill = f"bench-estimates-{uuid.uuid4().hex[:6]}"
-    with httpx.Client(base_url=args.url, timeout=60) as http:
+    with httpx.Client(base_url=args.url, timeout=60, headers={"Authorization": f"Bearer {local_api_key()}"}) as http:
         http.post(
             "/api/skills",
             json={

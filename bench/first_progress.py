@@ -1,7 +1,8 @@
 """Latency and speed of one real training through the running service.
 
-Starts a job on a running Fast Brain (`./run.sh`), follows its WebSocket and
-prints: time from POST /api/train-skill to the first progress event, seconds
+Starts a job on a running Fast Brain (`./run.sh`; the key is $FASTBRAIN_API_KEY or
+its data/admin-key), follows its WebSocket and prints: time from POST
+/api/train-skill to the first progress event, seconds
 per optimizer step, tokens/s, and the loss drop. The baseline is the same
 skill trained on tiny-random in the same run (pure service + trainer startup
 overhead, no real compute).
@@ -20,16 +21,22 @@ from typing import Any
 import httpx
 import websockets
 
+from services.admin.commands import local_api_key
+
+# The key of a ./run.sh on this machine (<data dir>/admin-key), or FASTBRAIN_API_KEY.
+HEADERS = {"Authorization": f"Bearer {local_api_key()}"}
+
 
 async def one_run(url: str, skill: str, config: dict[str, Any]) -> dict[str, Any]:
     posted = time.monotonic()
-    response = httpx.post(f"{url}/api/train-skill/{skill}", json={"config": config}, timeout=30)
+    response = httpx.post(f"{url}/api/train-skill/{skill}", json={"config": config}, headers=HEADERS, timeout=30)
     response.raise_for_status()
     job_id = response.json()["job_id"]
     first: float | None = None
     progress: list[tuple[float, dict[str, Any]]] = []
     final: dict[str, Any] = {}
-    async with websockets.connect(url.replace("http", "ws", 1) + f"/api/training-stream/{job_id}") as ws:
+    stream = url.replace("http", "ws", 1) + f"/api/training-stream/{job_id}"
+    async with websockets.connect(stream, additional_headers=HEADERS) as ws:
         async for message in ws:
             event = json.loads(message)
             now = time.monotonic() - posted

@@ -5,6 +5,8 @@ fastbrain api --host H --port P
 fastbrain worker
 fastbrain migrate [--revision R | --downgrade R]
 fastbrain skills import SKILL FILE [--api URL]   (to a running API; default $FASTBRAIN_API_URL or :8000)
+fastbrain keys create --workspace W --scope read|train|admin | keys list | keys revoke ID
+fastbrain workspaces budget W --monthly-usd N | --none
 """
 
 from __future__ import annotations
@@ -66,6 +68,15 @@ def _dev(args: argparse.Namespace) -> None:
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 
 
+def _auth_headers() -> dict[str, str]:
+    from services.admin.commands import local_api_key
+
+    key = local_api_key()
+    if not key:
+        sys.exit("error: set FASTBRAIN_API_KEY (create one with `fastbrain keys create`).")
+    return {"Authorization": f"Bearer {key}"}
+
+
 def _skills_import(args: argparse.Namespace) -> None:
     """Upload a training-data file to a running API; print the summary or every problem."""
     import httpx
@@ -76,7 +87,7 @@ def _skills_import(args: argparse.Namespace) -> None:
     url = f"{args.api.rstrip('/')}/api/skills/{args.skill}/examples/import"
     try:
         with path.open("rb") as handle:
-            response = httpx.post(url, files={"file": (path.name, handle)}, timeout=300)
+            response = httpx.post(url, files={"file": (path.name, handle)}, headers=_auth_headers(), timeout=300)
     except httpx.HTTPError as exc:
         sys.exit(f"error: cannot reach the Fast Brain API at {args.api} ({exc}); is it running? (--api URL)")
     try:
@@ -137,6 +148,10 @@ def main(argv: list[str] | None = None) -> None:
         help="The API's base URL (default: $FASTBRAIN_API_URL or %(default)s).",
     )
     skills_import.set_defaults(handler=_skills_import)
+
+    from services.admin.commands import add_parsers
+
+    add_parsers(sub)
 
     args = parser.parse_args(argv)
     args.handler(args)

@@ -83,12 +83,24 @@ class Settings(BaseSettings):
         description="Most characters in one user or assistant turn; more is a 422 naming the field. Read from the "
         "process environment when the API starts (the request schemas are built with it).",
     )
+    requests_per_minute_per_key: int = Field(
+        600, ge=1, description="Requests one API key may make per minute (all API processes together); then 429."
+    )
+    websockets_per_key: int = Field(20, ge=1, description="WebSockets one API key may hold open at once; then 429.")
+    max_concurrent_jobs_per_workspace: int = Field(
+        4, ge=1, description="Trainings one workspace may have pending, queued or running at once; then 429."
+    )
     log_level: str = Field("INFO", description="structlog level.")
     log_json: bool = Field(False, description="JSON log lines instead of console lines.")
 
     @cached_property
     def adapters_dir(self) -> Path:
         return self.data_dir.resolve() / "adapters"
+
+    @property
+    def admin_key_file(self) -> Path:
+        """Where `fastbrain dev` keeps the development admin key (mode 0600) for the CLI and local scripts."""
+        return self.data_dir.resolve() / "admin-key"
 
     @cached_property
     def models_dir(self) -> Path:

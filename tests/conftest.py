@@ -26,8 +26,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.dev.embedded import port_open, start_embedded
-from shared.db import migrate
+from shared.db import keys, migrate
 from shared.db.engine import create_engine, create_sessionmaker
+from shared.db.models import ApiKey
 from shared.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +104,46 @@ async def engine(migrated: Settings) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+class Keys:
+    """The session's API keys, made once after the migrations (tests/integration/conftest.py
+    fills this in): `admin` of the default workspace, which owns every test's skills."""
+
+    admin: str = ""
+
+
+def auth(key: str | None = None) -> dict[str, str]:
+    """Request headers with a key (the session's admin key by default)."""
+    key = key or Keys.admin
+    assert key, "no API key yet: the test needs the `admin_key` fixture"
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def make_key(engine: AsyncEngine, workspace: str, scope: keys.Scope, name: str = "tests") -> str:
+    async with create_sessionmaker(engine)() as session, session.begin():
+        return (await keys.create_key(session, workspace, scope, name)).secret
+
+
+async def restore_session_keys(engine: AsyncEngine) -> None:
+    """Put the session's admin key back after a test migrated the database down and up."""
+    async with create_sessionmaker(engine)() as session, session.begin():
+        await keys.ensure_workspace(session, keys.DEFAULT_WORKSPACE)
+        session.add(
+            ApiKey(
+                workspace_id=keys.DEFAULT_WORKSPACE,
+                name="tests-admin",
+                scope=keys.Scope.ADMIN.value,
+                prefix=Keys.admin[: keys.SHOWN_CHARS],
+                secret_hash=keys.hash_secret(Keys.admin),
+            )
+        )
+
+
+@pytest.fixture(scope="session")
+async def admin_key(engine: AsyncEngine) -> str:
+    Keys.admin = await make_key(engine, keys.DEFAULT_WORKSPACE, keys.Scope.ADMIN, "tests-admin")
+    return Keys.admin
+
+
 @pytest.fixture(scope="session")
 def sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return create_sessionmaker(engine)
@@ -133,7 +174,10 @@ async def redis(settings: Settings) -> AsyncIterator[Redis]:
 async def clean_db(engine: AsyncEngine) -> AsyncEngine:
     async with engine.begin() as conn:
         await conn.execute(
-            text("TRUNCATE fb_training_logs, fb_adapters, fb_training_jobs, fb_skills RESTART IDENTITY CASCADE")
+            text(
+                "TRUNCATE fb_training_logs, fb_adapters, fb_training_jobs, fb_skills, fb_gpu_spend "
+                "RESTART IDENTITY CASCADE"
+            )
         )
     return engine
 
@@ -196,6 +240,10 @@ class Stack:
         self.workers: list[ServiceProcess] = []
         wait_http_ready(self.url, self.api)
 
+    def client(self, timeout: float = 60, key: str | None = None) -> httpx.AsyncClient:
+        """An HTTP client of this stack's API, with the session's admin key unless given another."""
+        return httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=auth(key))
+
     def start_worker(self) -> ServiceProcess:
         worker = ServiceProcess(f"{self.name}-worker{len(self.workers) + 1}", ["worker"], self.env)
         self.workers.append(worker)
@@ -225,8 +273,8 @@ def worker(migrated: Settings) -> Iterator[ServiceProcess]:
 
 
 @pytest.fixture
-async def client(api_url: str, clean_db: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=api_url, timeout=60) as http:
+async def client(api_url: str, clean_db: AsyncEngine, admin_key: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=api_url, timeout=60, headers=auth(admin_key)) as http:
         yield http
 
 

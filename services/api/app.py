@@ -17,6 +17,9 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from services.api.adapters.endpoints import router as adapters_router
+from services.api.auth.access import authorize, document_security
+from services.api.auth.endpoints import router as auth_router
+from services.api.auth.rate import create_limiter
 from services.api.data.endpoints import router as data_router
 from services.api.deps import AppState, reject_nul_in_url
 from services.api.errors import Unavailable, install_error_handlers
@@ -27,6 +30,7 @@ from services.api.streams.endpoints import router as streams_router
 from services.api.system.endpoints import router as system_router
 from services.api.training.endpoints import router as training_router
 from shared.db.engine import create_engine, create_sessionmaker
+from shared.db.tenancy import scoped_sessionmaker
 from shared.event_hub import EventHub, hub_client_name
 from shared.queue import redis_settings
 from shared.settings import Settings
@@ -52,13 +56,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(database_url, application_name="fastbrain-api")
-        sessionmaker = create_sessionmaker(engine)
+        system_sessionmaker = create_sessionmaker(engine)
         redis = await create_pool(redis_settings(redis_url), default_queue_name=settings.queue_name)
         # Its own named connection: `CLIENT LIST` shows one `fastbrain-api-hub:<host>:<pid>` per API process.
         hub_redis = Redis.from_url(redis_url, client_name=hub_client_name())
-        hub = EventHub(hub_redis, sessionmaker)
+        hub = EventHub(hub_redis, system_sessionmaker)  # streams only jobs the endpoint found in the workspace
         await hub.start()
-        app.state.fastbrain = AppState(settings=settings, sessionmaker=sessionmaker, redis=redis, hub=hub)
+        app.state.fastbrain = AppState(
+            settings=settings,
+            sessionmaker=scoped_sessionmaker(engine),
+            system_sessionmaker=system_sessionmaker,
+            redis=redis,
+            hub=hub,
+            limiter=create_limiter(redis_url),
+        )
         try:
             yield
         finally:
@@ -75,7 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        dependencies=[Depends(reject_nul_in_url)],  # PostgreSQL text cannot hold one: a 422, never a 500
+        # Before every route: a NUL in the URL is a 422 (PostgreSQL text cannot hold one); then the key.
+        dependencies=[Depends(reject_nul_in_url), Depends(authorize)],
     )
     app.mount("/static/swagger", StaticFiles(directory=SWAGGER_ASSETS), name="swagger")
 
@@ -94,11 +106,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)  # CSP, nosniff, no-referrer; no CORS middleware: CORS is off
     install_error_handlers(app)
     install_body_limit(app, settings.max_request_body_bytes)
-    routers = (skills_router, data_router, training_router, streams_router, adapters_router, system_router)
+    routers = (
+        skills_router,
+        data_router,
+        training_router,
+        streams_router,
+        adapters_router,
+        system_router,
+        auth_router,
+    )
     for router in routers:
         app.include_router(router)
 
     mount_dashboard(app)
+    document_security(app)
     return app
 
 

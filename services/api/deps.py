@@ -1,5 +1,6 @@
-"""Request dependencies: one DB session per request that commits or rolls back,
-and a job queue whose jobs are sent only after that commit succeeds."""
+"""Request dependencies: one DB session per request, scoped to the caller's workspace,
+that commits or rolls back, and a job queue whose jobs are sent only after that
+commit succeeds."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from typing import Annotated, Any
 from arq.connections import ArqRedis
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
+from limits.aio.strategies import RateLimiter
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
+from services.api.auth.access import principal_of
+from shared.db import tenancy
+from shared.db.keys import Principal
 from shared.event_hub import EventHub
 from shared.events import publish
 from shared.schemas.text import NUL, NUL_MESSAGE
@@ -22,9 +27,17 @@ from shared.settings import Settings
 @dataclass
 class AppState:
     settings: Settings
-    sessionmaker: async_sessionmaker[AsyncSession]
+    sessionmaker: async_sessionmaker[AsyncSession]  # scoped: each session is given the caller's workspace
+    system_sessionmaker: async_sessionmaker[AsyncSession]  # unscoped: key lookups, the event hub, health
     redis: ArqRedis
     hub: EventHub  # the process's one Redis subscription, shared by every WebSocket
+    limiter: RateLimiter  # requests per minute per key, in Redis
+
+    def session(self, principal: Principal) -> AsyncSession:
+        """A session of the caller's workspace, for a route that must not hold one for the whole request."""
+        session = self.sessionmaker()
+        tenancy.enter(session, principal.workspace_id)
+        return session
 
 
 @dataclass
@@ -68,11 +81,22 @@ def get_after_commit() -> AfterCommit:
 AfterCommitDep = Annotated[AfterCommit, Depends(get_after_commit, scope="function")]
 
 
-async def get_session(state: StateDep, after_commit: AfterCommitDep) -> AsyncIterator[AsyncSession]:
+def get_principal(connection: HTTPConnection) -> Principal:
+    """The caller, as `services.api.auth.access.authorize` (run before every route) found it."""
+    return principal_of(connection)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_session(
+    state: StateDep, after_commit: AfterCommitDep, principal: PrincipalDep
+) -> AsyncIterator[AsyncSession]:
     # scope="function": the commit happens before the response is sent, so a
     # client that gets 2xx can read its own write, and a worker never sees an
     # uncommitted row (jobs go out after the commit).
     async with state.sessionmaker() as session:
+        tenancy.enter(session, principal.workspace_id)
         try:
             yield session
         except Exception:

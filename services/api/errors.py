@@ -11,7 +11,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocket
 from structlog import get_logger
+
+from services.api.auth.protocol import accepted_subprotocol
 
 log = get_logger(__name__)
 
@@ -27,13 +31,25 @@ class ApiError(Exception):
         details: dict[str, Any] | None = None,
         suggestions: list[str] | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or {}
         self.suggestions = suggestions or []
+        self.headers = headers or {}
         if code:
             self.code = code
+
+
+class Unauthorized(ApiError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ApiError):
+    status_code = 403
+    code = "forbidden"
 
 
 class NotFound(ApiError):
@@ -49,6 +65,11 @@ class Conflict(ApiError):
 class Unprocessable(ApiError):
     status_code = 422
     code = "validation_error"
+
+
+class TooManyRequests(ApiError):
+    status_code = 429
+    code = "rate_limited"
 
 
 class Unavailable(ApiError):
@@ -76,10 +97,26 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
     return "; ".join(f"{_field(e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in errors[:5])
 
 
+async def refuse_websocket(websocket: WebSocket, exc: ApiError) -> None:
+    """A WebSocket refused before its stream starts (no key, scope, limits): accepted, told
+    why in one `error` message, and closed with 4000 + the HTTP status (4401, 4403, 4429).
+    A browser sees neither the status nor the body of a refused handshake; this it can read."""
+    await websocket.accept(subprotocol=accepted_subprotocol(websocket))
+    await websocket.send_json(
+        {"type": "error", "category": exc.code.upper(), "message": exc.message, "details": exc.details, "final": True}
+    )
+    await websocket.close(code=4000 + exc.status_code)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.code, exc.message, exc.details, exc.suggestions), exc.status_code)
+    async def _api_error(connection: HTTPConnection, exc: ApiError) -> JSONResponse | None:
+        if isinstance(connection, WebSocket):
+            await refuse_websocket(connection, exc)
+            return None
+        return JSONResponse(
+            error_body(exc.code, exc.message, exc.details, exc.suggestions), exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -16,9 +16,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+from services.admin.commands import write_dev_env
 from services.dev.embedded import start_embedded
-from shared.db import migrate
+from shared.db import keys, migrate
 from shared.db.engine import create_engine, create_sessionmaker
+from shared.db.keys import DEFAULT_WORKSPACE
 from shared.db.models import Skill
 from shared.demo import demo_skill
 from shared.logging import configure_logging
@@ -38,6 +40,7 @@ async def seed_demo(database_url: str) -> bool:
             session.add(
                 Skill(
                     id=data["skill_id"],
+                    workspace_id=DEFAULT_WORKSPACE,
                     name=data["name"],
                     description=data.get("description"),
                     system_prompt=data["system_prompt"],
@@ -47,6 +50,24 @@ async def seed_demo(database_url: str) -> bool:
             return True
     finally:
         await engine.dispose()
+
+
+async def ensure_admin_key(database_url: str, path: Path) -> str | None:
+    """The development admin key: kept in `path` (mode 0600). A new one (returned, to be
+    shown once) when the file is missing or its key no longer works (a fresh database)."""
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            if path.is_file() and await keys.authenticate(session, path.read_text().strip()) is not None:
+                return None
+            created = await keys.create_key(session, DEFAULT_WORKSPACE, keys.Scope.ADMIN, "fastbrain dev")
+    finally:
+        await engine.dispose()
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(created.secret + "\n")
+    return created.secret
 
 
 def _wait_http(url: str, timeout: float, processes: list[subprocess.Popen[bytes]]) -> bool:
@@ -93,8 +114,17 @@ def run_dev(host: str = "127.0.0.1", port: int = 8000, demo: bool = True) -> Non
     print(f"Redis:      {'embedded (' + redis_url + ')' if not settings.redis_url else 'configured'}")
 
     migrate.upgrade(database_url)
+    write_dev_env(settings, database_url, redis_url)
     if demo and asyncio.run(seed_demo(database_url)):
         print(f"Loaded the demo skill '{demo_skill()['skill_id']}'")
+    key_file = settings.admin_key_file
+    new_key = asyncio.run(ensure_admin_key(database_url, key_file))
+    if new_key:
+        print(
+            f"\nCreated the admin key of workspace '{DEFAULT_WORKSPACE}'; it is shown this once and kept in {key_file}:"
+        )
+        print(f"  {new_key}\n")
+    admin_key = key_file.read_text().strip()
 
     env = {
         **os.environ,
@@ -118,11 +148,14 @@ def run_dev(host: str = "127.0.0.1", port: int = 8000, demo: bool = True) -> Non
         url = f"http://{host}:{port}"
         if not _wait_http(f"{url}/api/health", 60, processes):
             raise SystemExit("The API did not start; see the log above.")
+        # The key rides in the fragment: browsers never send it to the server, and the
+        # dashboard moves it into its session storage and off the address bar at once.
         print(
             f"\nFast Brain is running: {url}\n"
-            f"  Dashboard: {url}/  (open it in a browser; the demo skill is ready to train)\n"
+            f"  Dashboard (logs you in): {url}/#key={admin_key}\n"
             f"  API docs: {url}/docs\n"
-            f"  Train the demo skill: curl -X POST {url}/api/train-skill/molasses-master-expert\n"
+            f'  Train the demo skill: curl -X POST -H "Authorization: Bearer $(cat {key_file})" '
+            f"{url}/api/train-skill/molasses-master-expert\n"
             "Press Ctrl-C to stop.\n",
             flush=True,
         )

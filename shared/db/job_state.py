@@ -23,6 +23,7 @@ import structlog
 from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.db import spend
 from shared.db.models import JobStatus, TrainingJob, TrainingLog
 from shared.rules.tasks import training_job_id
 
@@ -116,6 +117,8 @@ async def _write(
         log.warning("job_write_refused", transition=transition, job_id=str(job_id))
         return None
     seq, attempt, arq_job_id, now = row
+    if isinstance(values.get("cost_usd"), int | float):
+        await spend.record(session, job_id, values["cost_usd"])  # the workspace's monthly GPU spend
     event = None
     if payload is not None:
         event = _event_row(session, job_id, seq, now, payload)

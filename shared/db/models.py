@@ -1,6 +1,6 @@
 """ORM models for the four tables of the spec (fb_skills, fb_training_jobs,
-fb_adapters, fb_training_logs). Alembic migrations are the source of the schema;
-these mirror them.
+fb_adapters, fb_training_logs) and for access: workspaces, API keys and the GPU
+spend ledger. Alembic migrations are the source of the schema; these mirror them.
 """
 
 from __future__ import annotations
@@ -48,10 +48,55 @@ def _now() -> Any:
     return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
 
 
-class Skill(Base):
-    __tablename__ = "fb_skills"
+class Workspace(Base):
+    """Whose skills these are. Every skill, and through it every job, adapter and event, has one."""
+
+    __tablename__ = "fb_workspaces"
 
     id: Mapped[str] = mapped_column(Text, primary_key=True)
+    # Unset: no cap. Spend is counted from fb_gpu_spend, per calendar month (UTC).
+    monthly_budget_usd: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = _now()
+
+
+class ApiKey(Base):
+    """A key is shown once; only its SHA-256 is kept (it is 256 random bits, so no slow hash is needed)."""
+
+    __tablename__ = "fb_api_keys"
+    __table_args__ = (Index("idx_api_keys_workspace", "workspace_id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    workspace_id: Mapped[str] = mapped_column(Text, ForeignKey("fb_workspaces.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    scope: Mapped[str] = mapped_column(Text, nullable=False)
+    prefix: Mapped[str] = mapped_column(Text, nullable=False)  # the first characters, to tell keys apart
+    secret_hash: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    created_at: Mapped[datetime] = _now()
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class GpuSpend(Base):
+    """A training job's cumulative bill (failed tries included); it outlives the job and its skill."""
+
+    __tablename__ = "fb_gpu_spend"
+    __table_args__ = (Index("idx_gpu_spend_workspace_month", "workspace_id", "billed_at"),)
+
+    job_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(Text, ForeignKey("fb_workspaces.id", ondelete="CASCADE"), nullable=False)
+    cost_usd: Mapped[float] = mapped_column(Float, nullable=False)
+    billed_at: Mapped[datetime] = _now()
+
+
+class Skill(Base):
+    __tablename__ = "fb_skills"
+    __table_args__ = (Index("idx_skills_workspace", "workspace_id"),)
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    # Set from the session's workspace on insert (shared/db/tenancy.py), never by callers.
+    workspace_id: Mapped[str] = mapped_column(Text, ForeignKey("fb_workspaces.id", ondelete="CASCADE"), nullable=False)
     name: Mapped[str] = mapped_column(Text, nullable=False)
     system_prompt: Mapped[str] = mapped_column(Text, nullable=False)
     description: Mapped[str | None] = mapped_column(Text)

@@ -197,3 +197,14 @@ class StatsOut(BaseModel):
     errors_auto_recovered: int
     mean_training_time_seconds: float | None
     mean_cost_usd: float | None
+
+
+class JobDiagnostics(BaseModel):
+    """A job's failure as the worker stored it (admin scope): nothing filtered out."""
+
+    job_id: uuid.UUID
+    status: str
+    error_message: str | None
+    error_details: dict[str, Any] | None
+    recovery_attempts: list[Any]
+    error_events: list[dict[str, Any]] = Field(description="The job's stored `error` events, oldest first.")

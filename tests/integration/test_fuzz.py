@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +26,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from shared.settings import Settings
-from tests.conftest import Stack, demo_conversations
+from tests.conftest import Stack, auth, demo_conversations
 from tests.integration.test_skills_api import assert_error_shape
 
 BIG = 2**64  # past bigint (and int4)
@@ -168,7 +169,9 @@ NEEDS_WORKER = r"/data-report$"
 
 @pytest.fixture(scope="module")
 def fuzz_stack(migrated: Settings) -> Iterator[Stack]:
-    stack = Stack("fuzz", migrated, api_env={"FASTBRAIN_GENERATION_TIMEOUT_SECONDS": "5"})
+    # The run makes thousands of requests a minute with one key: the rate limit would answer most of them.
+    env = {"FASTBRAIN_GENERATION_TIMEOUT_SECONDS": "5", "FASTBRAIN_REQUESTS_PER_MINUTE_PER_KEY": "1000000"}
+    stack = Stack("fuzz", migrated, api_env=env)
     yield stack
     stack.stop()
 
@@ -188,18 +191,24 @@ def error_shape(ctx: Any, response: Any, case: Any) -> bool | None:
     return None
 
 
+STATUSES: Counter[int] = Counter()
+
+
 def _check(case: Any) -> None:
     started = time.monotonic()
-    case.call_and_validate(
+    case.headers = {**(case.headers or {}), **auth()}  # a valid admin key: the fuzz reaches every handler
+    response = case.call_and_validate(
         checks=[not_a_server_error, response_schema_conformance, error_shape], timeout=REQUEST_SECONDS
     )
+    STATUSES[response.status_code] += 1
     elapsed = time.monotonic() - started
     assert elapsed < REQUEST_SECONDS, f"{case.method} {case.formatted_path} took {elapsed:.1f} s"
 
 
 @pytest.mark.timeout(300)
 def test_schemathesis_finds_no_server_error(fuzz_stack: Stack) -> None:
-    """Every operation, MAX_EXAMPLES schema-valid and MAX_EXAMPLES schema-invalid cases each.
+    """Every operation, MAX_EXAMPLES schema-valid and MAX_EXAMPLES schema-invalid cases each,
+    with the session's admin key (tests/integration/test_access.py covers requests without one).
 
     Driven through schemathesis' strategies and hypothesis directly: its pytest plugin
     (`schemathesis.pytest.from_fixture`) does not run on pytest 9.2.
@@ -225,5 +234,9 @@ def test_schemathesis_finds_no_server_error(fuzz_stack: Stack) -> None:
             except Exception as exc:  # a failed check: note it and go on with the other operations
                 failures.append(f"{operation.method.upper()} {operation.path} ({mode.value}): {exc}"[:2000])
             tested += 1
+    print(
+        f"schemathesis: {tested} operation runs, {sum(STATUSES.values())} requests, statuses {sorted(STATUSES.items())}"
+    )
     assert tested >= 40, tested
     assert not failures, "\n\n".join(failures)
+    assert STATUSES[401] == 0 and sum(n for code, n in STATUSES.items() if code < 300) > 100  # the key worked

@@ -39,7 +39,9 @@ async def _failed_job(sessionmaker: async_sessionmaker[AsyncSession]) -> uuid.UU
     details = {**described, "attempts": attempts}
     skill_id = f"hygiene-{uuid.uuid4().hex[:8]}"
     async with sessionmaker() as session, session.begin():
-        session.add(Skill(id=skill_id, name="s", system_prompt="p", training_data=demo_conversations(1)))
+        session.add(
+            Skill(id=skill_id, workspace_id="default", name="s", system_prompt="p", training_data=demo_conversations(1))
+        )
         await session.flush()
         job = TrainingJob(
             skill_id=skill_id,

@@ -14,7 +14,7 @@ import pytest
 
 from services.api.skills.importers import MAX_IMPORT_BYTES
 from shared.settings import Settings
-from tests.conftest import REPO_ROOT, demo_conversations
+from tests.conftest import REPO_ROOT, Keys, demo_conversations
 from tests.integration.test_skills_api import assert_error_shape
 
 SKILL_ID = "importer"
@@ -214,7 +214,7 @@ def run_cli(api_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "services.cli", "skills", "import", *args],
         cwd=REPO_ROOT,
-        env={**os.environ, "FASTBRAIN_API_URL": api_url},
+        env={**os.environ, "FASTBRAIN_API_URL": api_url, "FASTBRAIN_API_KEY": Keys.admin},
         capture_output=True,
         text=True,
         timeout=60,

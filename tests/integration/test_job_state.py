@@ -102,7 +102,15 @@ def fast(migrated: Settings) -> Settings:
 async def _new_job(sessionmaker: async_sessionmaker[AsyncSession], skill_id: str, max_attempts: int = 3) -> uuid.UUID:
     async with sessionmaker() as session, session.begin():
         if await session.get(Skill, skill_id) is None:
-            session.add(Skill(id=skill_id, name=skill_id, system_prompt="p", training_data=demo_conversations(10)))
+            session.add(
+                Skill(
+                    id=skill_id,
+                    workspace_id="default",
+                    name=skill_id,
+                    system_prompt="p",
+                    training_data=demo_conversations(10),
+                )
+            )
             await session.flush()
         job = TrainingJob(
             skill_id=skill_id,
@@ -379,13 +387,12 @@ async def test_a_watcher_that_cannot_reach_the_database_assumes_its_lease_lost(f
 
 
 async def test_max_attempts_setting_is_stored_on_each_new_job(migrated: Settings, clean_db: AsyncEngine) -> None:
-    import httpx
 
     from tests.conftest import Stack, create_skill
 
     stack = Stack("max-attempts", migrated, api_env={"FASTBRAIN_MAX_ATTEMPTS": "7"})
     try:
-        async with httpx.AsyncClient(base_url=stack.url, timeout=60) as http:
+        async with stack.client(timeout=60) as http:
             await create_skill(http, "attempts-skill", n=10)
             response = await http.post(
                 "/api/train-skill/attempts-skill", json={"config": {"base_model": "tiny-random"}}

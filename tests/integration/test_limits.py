@@ -39,7 +39,7 @@ def stack(migrated: Settings) -> Iterator[Stack]:
 
 @pytest.fixture
 async def http(stack: Stack, clean_db: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+    async with stack.client(timeout=30) as client:
         body = {"skill_id": SKILL, "name": SKILL, "system_prompt": "Be brief.", "conversations": demo_conversations(8)}
         assert (await client.post("/api/skills", json=body)).status_code == 201
         yield client

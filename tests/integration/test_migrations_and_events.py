@@ -21,7 +21,7 @@ from shared.db.models import JobStatus, Skill, TrainingJob, TrainingLog
 from shared.event_hub import EventHub
 from shared.events import channel, publish
 from shared.settings import Settings
-from tests.conftest import demo_conversations
+from tests.conftest import demo_conversations, restore_session_keys
 from tests.waiting import wait_until
 
 TABLES = {"fb_skills", "fb_training_jobs", "fb_adapters", "fb_training_logs"}
@@ -35,18 +35,39 @@ async def _tables(database_url: str) -> set[str]:
     return names
 
 
-async def test_migrations_down_and_up(migrated: Settings) -> None:
+async def test_migrations_down_and_up(migrated: Settings, engine: AsyncEngine) -> None:
     url = str(migrated.database_url)
     assert await _tables(url) >= TABLES
     await asyncio.to_thread(migrate.downgrade, url, "base")
     assert not TABLES & await _tables(url)
+    # A skill from before workspaces (0006) moves into the default workspace, its GPU spend with it.
+    await asyncio.to_thread(migrate.upgrade, url, "0006")
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO fb_skills (id, name, system_prompt) VALUES ('old', 'Old', 'p')"))
+        await conn.execute(
+            text("INSERT INTO fb_training_jobs (skill_id, status, cost_usd) VALUES ('old', 'failed', 0.25)")
+        )
     await asyncio.to_thread(migrate.upgrade, url, "head")
     assert await _tables(url) >= TABLES
+    async with engine.begin() as conn:
+        assert (await conn.execute(text("SELECT workspace_id FROM fb_skills WHERE id = 'old'"))).scalar() == "default"
+        spent = (await conn.execute(text("SELECT workspace_id, cost_usd FROM fb_gpu_spend"))).all()
+        assert [tuple(row) for row in spent] == [("default", 0.25)]
+        await conn.execute(text("DELETE FROM fb_skills WHERE id = 'old'"))
+    await restore_session_keys(engine)  # the downgrade took the session's admin key with it
 
 
 async def _new_job(sessionmaker: async_sessionmaker[AsyncSession], status: str = "queued") -> uuid.UUID:
     async with sessionmaker() as session, session.begin():
-        session.add(Skill(id="events-skill", name="n", system_prompt="p", training_data=demo_conversations(1)))
+        session.add(
+            Skill(
+                id="events-skill",
+                workspace_id="default",
+                name="n",
+                system_prompt="p",
+                training_data=demo_conversations(1),
+            )
+        )
         job = TrainingJob(skill_id="events-skill", status=status, config={}, dataset={})
         session.add(job)
         await session.flush()

@@ -227,7 +227,7 @@ async def test_gpu_catalog_model_is_refused_on_cpu_through_modal(
 async def modal_stack(migrated: Settings) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
     """An API on a private queue and no worker process: the test runs the worker's task in-process."""
     stack = await asyncio.to_thread(Stack, "modal", migrated)
-    async with httpx.AsyncClient(base_url=stack.url, timeout=60) as http:
+    async with stack.client(timeout=60) as http:
         yield stack, http
     stack.stop()
 

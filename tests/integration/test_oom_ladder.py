@@ -30,7 +30,7 @@ LONG_ANSWER = " ".join(["word"] * 70)  # about 85 tokens with the template: fits
 async def stack_client(migrated: Settings, clean_db: AsyncEngine) -> AsyncIterator[tuple[Stack, httpx.AsyncClient]]:
     stack = Stack("oom-ladder", migrated, {"FASTBRAIN_TEST_MEMORY_BUDGET_TOKENS": str(BUDGET_TOKENS)})
     try:
-        async with httpx.AsyncClient(base_url=stack.url, timeout=60) as http:
+        async with stack.client(timeout=60) as http:
             yield stack, http
     finally:
         stack.stop()

@@ -48,7 +48,7 @@ async def stack_client(
     env: dict[str, str] = {**FAST_RECOVERY, **param}
     stack = Stack(request.node.originalname.removeprefix("test_")[:40], migrated, env, api_env)
     try:
-        async with httpx.AsyncClient(base_url=stack.url, timeout=60) as http:
+        async with stack.client(timeout=60) as http:
             yield stack, http
     finally:
         stack.stop()

@@ -33,7 +33,7 @@ from shared.db.models import Skill, TrainingJob
 from shared.event_hub import EventHub
 from shared.events import publish
 from shared.settings import Settings
-from tests.conftest import ServiceProcess, demo_conversations, free_port, service_env, wait_http_ready
+from tests.conftest import ServiceProcess, auth, demo_conversations, free_port, service_env, wait_http_ready
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -75,7 +75,9 @@ async def wait_until(condition: Callable[[], bool | Awaitable[bool]], timeout: f
 async def new_job(sessionmaker: async_sessionmaker[AsyncSession], status: str = "running") -> uuid.UUID:
     skill_id = f"streams-{uuid.uuid4().hex[:8]}"  # a skill per job: one active job per skill
     async with sessionmaker() as session, session.begin():
-        session.add(Skill(id=skill_id, name="s", system_prompt="p", training_data=demo_conversations(1)))
+        session.add(
+            Skill(id=skill_id, workspace_id="default", name="s", system_prompt="p", training_data=demo_conversations(1))
+        )
         await session.flush()
         job = TrainingJob(skill_id=skill_id, status=status, config={"base_model": "tiny-random"}, dataset={"big": "x"})
         session.add(job)
@@ -113,6 +115,9 @@ class Api:
     def hub(self) -> EventHub:
         hub: EventHub = self.app.state.fastbrain.hub
         return hub
+
+    def client(self, timeout: float = 10) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=auth())
 
     def ws(self, job_id: uuid.UUID | str, after_seq: int = 0) -> str:
         return self.url.replace("http://", "ws://") + f"/api/training-stream/{job_id}?after_seq={after_seq}"
@@ -153,7 +158,7 @@ async def collect(url: str, timeout: float = 10) -> Received:
     """Everything a client receives until the server closes the socket."""
     started = time.monotonic()
     events: list[dict[str, Any]] = []
-    async with asyncio.timeout(timeout), websockets.connect(url, open_timeout=5) as ws:
+    async with asyncio.timeout(timeout), websockets.connect(url, open_timeout=5, additional_headers=auth()) as ws:
         try:
             async for message in ws:
                 events.append(json.loads(message))
@@ -235,7 +240,7 @@ async def test_unknown_job_gets_an_error_then_4404(api: Api) -> None:
 
 async def test_client_that_closes_is_freed_at_once(api: Api, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
     job_id = await new_job(sessionmaker)
-    async with asyncio.timeout(10), websockets.connect(api.ws(job_id), open_timeout=5):
+    async with asyncio.timeout(10), websockets.connect(api.ws(job_id), open_timeout=5, additional_headers=auth()):
         await wait_until(lambda: api.hub.subscriber_count == 1, 5, "the client subscribed")
     seconds = await wait_until(lambda: api.hub.subscriber_count == 0, 5, "a client that closed was freed")
     assert seconds < 5
@@ -252,6 +257,7 @@ async def test_client_that_goes_silent_is_dropped_within_5_seconds(
         writer.write(
             (
                 f"GET /api/training-stream/{job_id} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"Authorization: {auth()['Authorization']}\r\n"
                 "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                 "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
             ).encode()
@@ -276,9 +282,10 @@ def hub_connections(clients: list[dict[str, Any]], pid: int) -> list[dict[str, A
 
 @pytest.fixture
 def api_process(migrated: Settings, clean_db: AsyncEngine) -> Iterator[tuple[str, ServiceProcess]]:
-    """A real `fastbrain api` process, as deployed."""
+    """A real `fastbrain api` process, as deployed (with room for the test's 30 sockets on one key)."""
     port = free_port()
-    process = ServiceProcess("streams-api", ["api", "--host", "127.0.0.1", "--port", str(port)], service_env(migrated))
+    env = {**service_env(migrated), "FASTBRAIN_WEBSOCKETS_PER_KEY": "50"}
+    process = ServiceProcess("streams-api", ["api", "--host", "127.0.0.1", "--port", str(port)], env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http_ready(url, process)
@@ -299,7 +306,9 @@ async def test_many_websockets_share_one_redis_connection(
     sockets = 30
     async with asyncio.timeout(30):
         clients = [
-            await websockets.connect(f"{ws_base}/api/training-stream/{jobs[i % 3]}", open_timeout=5)
+            await websockets.connect(
+                f"{ws_base}/api/training-stream/{jobs[i % 3]}", open_timeout=5, additional_headers=auth()
+            )
             for i in range(sockets)
         ]
         try:
@@ -459,7 +468,7 @@ async def test_watcher_delivers_unpublished_events_and_ends_streams_of_ended_job
 async def test_events_endpoint_pages(api: Api, sessionmaker: async_sessionmaker[AsyncSession], redis: Redis) -> None:
     job_id = await new_job(sessionmaker)
     await emit(sessionmaker, redis, job_id, *[progress(step) for step in range(1, 8)])
-    async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+    async with api.client(timeout=10) as http:
         pages = []
         after = 0
         while True:
@@ -500,7 +509,7 @@ async def test_training_status_sends_the_latest_metrics_by_default(
 ) -> None:
     job_id = await new_job(sessionmaker)
     await emit(sessionmaker, None, job_id, *[progress(step) for step in range(1, 251)])
-    async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+    async with api.client(timeout=10) as http:
         url = f"/api/training-status/{job_id}"
         body = (await http.get(url)).json()
         assert [p["step"] for p in body["metrics_history"]] == list(range(51, 251)), "the latest 200, oldest first"

@@ -20,7 +20,7 @@ import pytest
 import websockets
 
 from shared.settings import Settings
-from tests.conftest import ServiceProcess, create_skill, wait_for_status
+from tests.conftest import ServiceProcess, auth, create_skill, wait_for_status
 
 SKILL_ID = "e2e-skill"
 TINY = {
@@ -35,7 +35,7 @@ TINY = {
 
 async def collect_stream(url: str, after_seq: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
-    async with websockets.connect(f"{url}?after_seq={after_seq}", open_timeout=10) as ws:
+    async with websockets.connect(f"{url}?after_seq={after_seq}", open_timeout=10, additional_headers=auth()) as ws:
         async for message in ws:
             events.append(json.loads(message))
             if limit is not None and len(events) >= limit:

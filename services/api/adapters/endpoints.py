@@ -13,9 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.background import BackgroundTask
 
 from services.api.adapters import export, service
-from services.api.deps import AfterCommitDep, SessionDep, StateDep
+from services.api.auth.access import needs
+from services.api.deps import AfterCommitDep, PrincipalDep, SessionDep, StateDep
 from services.api.errors import ApiError, Conflict, GatewayTimeout, NotFound, Unavailable
 from services.api.skills.service import get_skill
+from shared.db.keys import Scope
 from shared.db.models import Adapter
 from shared.rules import tasks
 from shared.schemas.jobs import AdapterList, AdapterOut, Deleted, TestAdapterRequest, TestAdapterResponse
@@ -116,13 +118,19 @@ async def delete_adapter(adapter_id: uuid.UUID, session: SessionDep, after_commi
     return Deleted(message="Adapter deleted")
 
 
-@router.post("/test-adapter/{skill_id}", summary="Chat with a skill's trained adapter")
-async def test_adapter(skill_id: str, body: TestAdapterRequest, state: StateDep) -> TestAdapterResponse:
+@router.post(
+    "/test-adapter/{skill_id}",
+    summary="Chat with a skill's trained adapter",
+    openapi_extra=needs(Scope.READ),  # chatting changes nothing: a read key may
+)
+async def test_adapter(
+    skill_id: str, body: TestAdapterRequest, state: StateDep, principal: PrincipalDep
+) -> TestAdapterResponse:
     """Generates with the skill's active adapter (or `adapter_id`) and its system
     prompt, through the same chat template the adapter was trained with. Runs on
     a worker (the API never loads models)."""
     # A short read-only session: no connection is held while the model generates.
-    async with state.sessionmaker() as session:
+    async with state.session(principal) as session:
         skill = await get_skill(session, skill_id)
         adapter = await _chosen_adapter(session, skill_id, body.adapter_id)
     request = {

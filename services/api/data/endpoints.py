@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from services.api.deps import StateDep
+from services.api.deps import PrincipalDep, StateDep
 from services.api.errors import ApiError, GatewayTimeout, Unavailable
 from services.api.skills.service import get_skill
 from services.api.training.service import validate_base_model
@@ -25,6 +25,7 @@ class ReportFailed(ApiError):
 async def data_report(
     skill_id: str,
     state: StateDep,
+    principal: PrincipalDep,
     base_model: str = DEFAULT_BASE_MODEL,
     max_seq_length: Annotated[int, Query(ge=32, le=8192)] = 512,
 ) -> dict[str, Any]:
@@ -35,7 +36,7 @@ async def data_report(
     "Add 38 more examples for optimal results"."""
     # The report runs on a local worker: its tokenizer must be a local model's.
     validate_base_model(base_model, field="base_model")
-    async with state.sessionmaker() as session:
+    async with state.session(principal) as session:
         skill = await get_skill(session, skill_id)
         request = {
             "base_model": base_model,

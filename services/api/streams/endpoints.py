@@ -19,7 +19,11 @@ from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
 from sqlalchemy import select
 from starlette.websockets import WebSocketState
 
+from services.api.auth import rate
+from services.api.auth.access import principal_of
+from services.api.auth.protocol import accepted_subprotocol
 from services.api.deps import AppState
+from shared.db.keys import Principal
 from shared.db.models import TrainingJob
 from shared.events import MAX_SEQ
 from shared.schemas.events import public_event
@@ -44,18 +48,34 @@ async def training_stream(websocket: WebSocket, job_id: uuid.UUID, after_seq: An
     already ended. An unknown job gets one `{"type": "error", "category": "NOT_FOUND",
     "final": true}` message, then close code 4404; an `after_seq` that is not an integer
     from 0 to 2147483647 gets a `VALIDATION_ERROR` one, then 4422. Idle sockets are kept
-    honest by protocol-level PINGs: a client that stops answering is dropped within 5 s."""
+    honest by protocol-level PINGs: a client that stops answering is dropped within 5 s.
+
+    Authenticate with `Authorization: Bearer <key>`, or from a browser with the
+    subprotocols a `POST /api/stream-tickets` returns. Without either the handshake is
+    answered 401; past `FASTBRAIN_WEBSOCKETS_PER_KEY` open sockets, 429."""
+    principal = principal_of(websocket)
+    state: AppState = websocket.app.state.fastbrain
+    slot = await rate.claim_ws_slot(state, principal)  # a 429 handshake answer when the key has too many
+    try:
+        await _serve(websocket, state, principal, job_id, after_seq, slot)
+    finally:
+        await slot.release()
+
+
+async def _serve(
+    websocket: WebSocket, state: AppState, principal: Principal, job_id: uuid.UUID, after_seq: str, slot: rate.WsSlot
+) -> None:
+    subprotocol = accepted_subprotocol(websocket)
     position = _position(after_seq)
     if position is None:
-        await websocket.accept()
+        await websocket.accept(subprotocol=subprotocol)
         message = f"after_seq must be an integer from 0 to {MAX_SEQ}, not '{after_seq[:40]}'."
         await websocket.send_json({"type": "error", "category": "VALIDATION_ERROR", "message": message, "final": True})
         await websocket.close(code=CLOSE_INVALID)
         return
-    state: AppState = websocket.app.state.fastbrain
-    async with state.sessionmaker() as session:
+    async with state.session(principal) as session:  # another workspace's job is "not found", as over HTTP
         exists = await session.scalar(select(TrainingJob.id).where(TrainingJob.id == job_id)) is not None
-    await websocket.accept()
+    await websocket.accept(subprotocol=subprotocol)
     if not exists:
         await websocket.send_json(
             {"type": "error", "category": "NOT_FOUND", "message": f"Training job '{job_id}' not found.", "final": True}
@@ -71,12 +91,13 @@ async def training_stream(websocket: WebSocket, job_id: uuid.UUID, after_seq: An
 
     sender = asyncio.create_task(send_events(), name=f"stream-send-{job_id}")
     receiver = asyncio.create_task(_until_disconnect(websocket), name=f"stream-receive-{job_id}")
+    renewer = asyncio.create_task(_renew_forever(slot), name=f"stream-slot-{job_id}")
     try:
         await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (sender, receiver):
+        for task in (sender, receiver, renewer):
             task.cancel()
-        await asyncio.gather(sender, receiver, return_exceptions=True)
+        await asyncio.gather(sender, receiver, renewer, return_exceptions=True)
     if receiver.done() and not receiver.cancelled():
         return  # the client left (or was dropped by the keepalive): nothing to close
     error = sender.exception() if sender.done() and not sender.cancelled() else None
@@ -86,6 +107,13 @@ async def training_stream(websocket: WebSocket, job_id: uuid.UUID, after_seq: An
         log.error("stream_failed", job_id=str(job_id), error=repr(error))
     with contextlib.suppress(RuntimeError, OSError):
         await websocket.close(code=CLOSE_INTERNAL_ERROR if error is not None else CLOSE_NORMAL)
+
+
+async def _renew_forever(slot: rate.WsSlot) -> None:
+    while True:
+        await asyncio.sleep(rate.RENEW_SECONDS)
+        with contextlib.suppress(Exception):  # a Redis blip costs at most this socket's claim, never the stream
+            await slot.renew()
 
 
 def _position(after_seq: str) -> int | None:

@@ -27,7 +27,7 @@ async def health(state: StateDep, response: Response) -> dict[str, Any]:
     checks: dict[str, Any] = {}
     started = time.perf_counter()
     try:
-        async with state.sessionmaker() as session:
+        async with state.system_sessionmaker() as session:  # public: no workspace, no tenant rows
             await session.execute(text("SELECT 1"))
         checks["database"] = {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
     except Exception as exc:

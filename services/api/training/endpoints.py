@@ -7,8 +7,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, status
 
+from services.api.auth.access import needs
 from services.api.deps import AfterCommitDep, SessionDep, SettingsDep
 from services.api.training import service
+from shared.db.keys import Scope
 from shared.db.models import JobStatus
 from shared.events import MAX_SEQ, history
 from shared.schemas.events import public_event
@@ -17,6 +19,7 @@ from shared.schemas.jobs import (
     EstimateRequest,
     EventPage,
     JobCancelOut,
+    JobDiagnostics,
     JobList,
     JobStatusOut,
     StatsOut,
@@ -51,6 +54,7 @@ async def train_skill(
 @router.post(
     "/skills/{skill_id}/estimate",
     summary="Estimate a training run's time and cost",
+    openapi_extra=needs(Scope.READ),  # it changes nothing
     responses={404: {"description": "No such skill."}, 422: {"description": "Unknown preset, model, backend or GPU."}},
 )
 async def estimate_training(
@@ -132,6 +136,18 @@ async def cancel_job(job_id: uuid.UUID, session: SessionDep, after_commit: After
     is stopped within seconds; the stream then ends with a `cancelled` status,
     partial files are removed and no adapter is created."""
     return await service.cancel(session, after_commit, job_id)
+
+
+@router.get(
+    "/training-jobs/{job_id}/diagnostics",
+    summary="A job's failure as stored: tracebacks and stderr tails included (admin)",
+    openapi_extra=needs(Scope.ADMIN),
+)
+async def job_diagnostics(job_id: uuid.UUID, session: SessionDep) -> JobDiagnostics:
+    """What the other endpoints and the stream leave out (`traceback_tail`,
+    `exception_type`, the trainer's stderr): the job's `error_details`, its recovery
+    attempts and its error events, unfiltered. Needs a key with the `admin` scope."""
+    return await service.diagnostics(session, job_id)
 
 
 @router.get("/stats", summary="Success and recovery figures")

@@ -31,6 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import JobStatus, TrainingJob
+from shared.db.tenancy import ALL_WORKSPACES
 from shared.rules.split import train_count
 from shared.schemas.training import Hyperparameters
 
@@ -227,6 +228,9 @@ async def calibration(session: AsyncSession, base_model: str, device: str) -> Ca
             )
             .order_by(TrainingJob.completed_at.desc())
             .limit(CALIBRATION_WINDOW)
+            # Throughput is the machine's, not the workspace's: every workspace's runs calibrate it.
+            # Only these two figures leave the query.
+            .execution_options(**{ALL_WORKSPACES: True})
         )
     ).all()
     return Calibration(
@@ -246,5 +250,6 @@ async def local_device(session: AsyncSession) -> str:
         )
         .order_by(TrainingJob.completed_at.desc())
         .limit(1)
+        .execution_options(**{ALL_WORKSPACES: True})  # the workers' device, whoever's job showed it
     )
     return device or "cpu"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -12,13 +13,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import defer, load_only
 
 from services.api.deps import AfterCommit
-from services.api.errors import Conflict, NotFound, Unprocessable
+from services.api.errors import Conflict, NotFound, TooManyRequests, Unprocessable
 from services.api.skills.service import get_skill
 from services.api.skills.validation import MIN_EXAMPLES, validate_examples
 from services.api.training import estimate as estimates
 from services.gpu.catalog import local_model_ids, model_ids
-from shared.db import job_state
-from shared.db.models import ACTIVE_JOB_STATUSES, Adapter, JobStatus, Skill, TrainingJob, TrainingLog
+from shared.db import job_state, spend, tenancy
+from shared.db.models import ACTIVE_JOB_STATUSES, Adapter, JobStatus, Skill, TrainingJob, TrainingLog, Workspace
 from shared.rules import tasks
 from shared.rules.devices import device_for
 from shared.rules.templates import template_problems
@@ -28,6 +29,7 @@ from shared.schemas.jobs import (
     EstimateOut,
     EstimateRequest,
     JobCancelOut,
+    JobDiagnostics,
     JobStatusOut,
     JobSummary,
     MetricPoint,
@@ -133,6 +135,57 @@ def _already_training(skill_id: str, job_id: uuid.UUID | None) -> Conflict:
     )
 
 
+def job_not_found(job_id: uuid.UUID) -> NotFound:
+    return NotFound(f"Training job '{job_id}' not found.", details={"job_id": str(job_id)}, code="job_not_found")
+
+
+async def _check_concurrency(session: AsyncSession, settings: Settings) -> str:
+    """At most `max_concurrent_jobs_per_workspace` active trainings; the workspace row's lock
+    (held to the commit) makes concurrent starts in one workspace take turns at this count."""
+    workspace_id = tenancy.workspace_of(session)
+    assert workspace_id is not None, "start_training runs in a scoped session"
+    await session.execute(select(Workspace.id).where(Workspace.id == workspace_id).with_for_update())
+    active = await session.scalar(
+        select(func.count()).select_from(TrainingJob).where(TrainingJob.status.in_(ACTIVE_JOB_STATUSES))
+    )
+    limit = settings.max_concurrent_jobs_per_workspace
+    if (active or 0) >= limit:
+        raise TooManyRequests(
+            f"Workspace '{workspace_id}' already has {active} trainings pending or running; at most {limit} may be.",
+            details={"active_jobs": active, "limit": limit},
+            suggestions=["Wait for one to finish or cancel one, or raise FASTBRAIN_MAX_CONCURRENT_JOBS_PER_WORKSPACE."],
+            code="too_many_jobs",
+            headers={"Retry-After": "30"},
+        )
+    return workspace_id
+
+
+async def _check_budget(session: AsyncSession, workspace_id: str, guess: estimates.Estimate) -> None:
+    """A training whose estimated cost is more than what is left of the month's GPU budget is refused."""
+    budget = await spend.budget(session, workspace_id)
+    remaining = budget.remaining_usd
+    if remaining is None or guess.cost_usd <= remaining:
+        return
+    raise TooManyRequests(
+        f"This training is estimated at ${guess.cost_usd:.2f}, but workspace '{workspace_id}' has "
+        f"${remaining:.2f} left of its ${budget.monthly_usd:.2f} monthly GPU budget "
+        f"(${budget.spent_usd:.2f} spent this month).",
+        details={
+            "estimated_cost_usd": guess.cost_usd,
+            "monthly_budget_usd": budget.monthly_usd,
+            "spent_usd": budget.spent_usd,
+            "remaining_usd": remaining,
+            "resets_at": budget.resets_at.isoformat(),
+        },
+        suggestions=[
+            "Pick a cheaper preset or GPU, or train on fewer examples.",
+            f"Or raise the budget: fastbrain workspaces budget {workspace_id} --monthly-usd N.",
+        ],
+        code="budget_exceeded",
+        headers={"Retry-After": str(int((budget.resets_at - datetime.now(UTC)).total_seconds()))},
+    )
+
+
 async def start_training(
     session: AsyncSession,
     after_commit: AfterCommit,
@@ -172,6 +225,7 @@ async def start_training(
     existing = await _active_job(session, skill_id)
     if existing is not None:
         raise _already_training(skill_id, existing)
+    workspace_id = await _check_concurrency(session, settings)
 
     hyperparameters = config.resolve(len(skill.training_data))
     warnings = list(report.warnings)
@@ -208,6 +262,7 @@ async def start_training(
     guess = await compute_estimate(
         session, settings, skill, config.base_model, hyperparameters, settings.gpu_backend, gpu_type
     )
+    await _check_budget(session, workspace_id, guess)
     job = TrainingJob(
         skill_id=skill_id,
         config={
@@ -252,7 +307,7 @@ async def get_job(session: AsyncSession, job_id: uuid.UUID) -> TrainingJob:
     """The job row without its `dataset` (reading it raises); 404 when there is none."""
     job = await session.get(TrainingJob, job_id, options=[WITHOUT_DATASET])
     if job is None:
-        raise NotFound(f"Training job '{job_id}' not found.", details={"job_id": str(job_id)}, code="job_not_found")
+        raise job_not_found(job_id)
     return job
 
 
@@ -372,7 +427,7 @@ async def cancel(session: AsyncSession, after_commit: AfterCommit, job_id: uuid.
     to stop (its worker ends the trainer within seconds and reports `cancelled`)."""
     result = await job_state.cancel(session, job_id)
     if result.outcome == "not_found":
-        raise NotFound(f"Training job '{job_id}' not found.", details={"job_id": str(job_id)}, code="job_not_found")
+        raise job_not_found(job_id)
     if result.outcome == "ended":
         raise Conflict(
             f"Training job '{job_id}' already ended ({result.status}).",
@@ -413,4 +468,23 @@ async def stats(session: AsyncSession) -> StatsOut:
         errors_auto_recovered=recovered,
         mean_training_time_seconds=round(float(mean_time), 1) if mean_time is not None else None,
         mean_cost_usd=round(float(mean_cost), 4) if mean_cost is not None else None,
+    )
+
+
+async def diagnostics(session: AsyncSession, job_id: uuid.UUID) -> JobDiagnostics:
+    job = await session.get(TrainingJob, job_id, options=[WITHOUT_DATASET])
+    if job is None:
+        raise job_not_found(job_id)
+    events = await session.scalars(
+        select(TrainingLog.data)
+        .where(TrainingLog.job_id == job_id, TrainingLog.event_type == "error")
+        .order_by(TrainingLog.seq)
+    )
+    return JobDiagnostics(
+        job_id=job.id,
+        status=job.status,
+        error_message=job.error_message,
+        error_details=job.error_details,
+        recovery_attempts=list(job.recovery_attempts or []),
+        error_events=list(events),
     )

@@ -1,0 +1,1 @@
+"""Operator commands that work on the database directly: keys and workspaces."""
