@@ -32,6 +32,7 @@ def _api(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # uvicorn's loggers propagate to ours, whose handler masks secrets (shared/logging.py)
         ws_ping_interval=WS_PING_INTERVAL_SECONDS,  # a silent WebSocket peer is dropped within 5 s
         ws_ping_timeout=WS_PING_TIMEOUT_SECONDS,
     )

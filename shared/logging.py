@@ -3,8 +3,12 @@
 Secrets never reach a log line: `mask_secrets` (a structlog processor) replaces the value of
 any key named like a secret (password, token, secret, api_key, authorization, ...) and the
 password inside any URL (`postgresql://user:pw@host` becomes `postgresql://user:***@host`), in
-nested dicts and lists too. Standard-library records (uvicorn, SQLAlchemy, arq) get the URL
-masking through `SecretMaskingFilter` on the root handler.
+nested dicts and lists too, and anything shaped like a Fast Brain API key (`fb_` and 40 or
+more URL-safe characters, as a client that put its key in a query string would have it in
+the access log), any bearer token and any stream ticket (`fastbrain.ticket.<t>`, as the
+`websockets` library's DEBUG log of handshake headers shows it). Standard-library records
+(uvicorn, SQLAlchemy, arq) get the same text masking through `SecretMaskingFilter` on the
+root handler (`fastbrain api` lets uvicorn's loggers propagate there).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ SECRET_KEY_WORDS = frozenset(
 # scheme://user:password@ — the password is whatever lies between the first ":" of the
 # userinfo and the last "@" before the host.
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/?#@\s]*:)(?P<pw>[^@\s/]*)@")
+_API_KEY = re.compile(r"\bfb_[A-Za-z0-9_\-]{40,}")
+# A bearer token or a WebSocket stream ticket, as a library's DEBUG log of request headers shows them.
+_BEARER = re.compile(r"(?i)(?P<head>\bbearer\s+|fastbrain\.ticket\.)[^\s,;\"']+")
 
 
 def is_secret_key(key: str) -> bool:
@@ -34,14 +41,18 @@ def is_secret_key(key: str) -> bool:
     return "api_key" in name or not SECRET_KEY_WORDS.isdisjoint(name.split("_"))
 
 
-def mask_urls(text: str) -> str:
-    """`text` with the password of every URL in it replaced by `***`."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", text) if "://" in text else text
+def mask_text(text: str) -> str:
+    """`text` with the password of every URL in it, and every API key, replaced by `***`."""
+    if "://" in text:
+        text = _URL_PASSWORD.sub(lambda m: f"{m['head']}{MASK}@", text)
+    if "fb_" in text:
+        text = _API_KEY.sub(f"fb_{MASK}", text)
+    return _BEARER.sub(lambda m: f"{m['head']}{MASK}", text)
 
 
 def _mask(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
-        return mask_urls(value)
+        return mask_text(value)
     if depth > 5:
         return value
     if isinstance(value, Mapping):
@@ -61,7 +72,7 @@ def mask_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any
         elif isinstance(value, str | Mapping | list | tuple):
             event_dict[key] = _mask(value)
         elif isinstance(value, BaseException) and key != "exc_info":  # error=exc: its text may hold a URL
-            masked = mask_urls(str(value))
+            masked = mask_text(str(value))
             if masked != str(value):
                 event_dict[key] = f"{type(value).__name__}: {masked}"
     return event_dict
@@ -72,14 +83,14 @@ class SecretMaskingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        masked = mask_urls(message)
+        masked = mask_text(message)
         if masked != message:
             record.msg, record.args = masked, None
         if record.exc_info and record.exc_info[1] is not None:
             text = logging.Formatter().formatException(record.exc_info)
-            if mask_urls(text) != text:
+            if mask_text(text) != text:
                 record.exc_info, record.exc_text = None, None
-                record.msg = f"{record.msg}\n{mask_urls(text)}"
+                record.msg = f"{record.msg}\n{mask_text(text)}"
         return True
 
 

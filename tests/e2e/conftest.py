@@ -7,6 +7,7 @@ its chart grow and to cancel it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.settings import Settings
-from tests.conftest import ARTIFACTS, Stack
+from tests.conftest import ARTIFACTS, Keys, Stack
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless, and quiet: these machines have no internet, so background services would only log failures.
@@ -35,6 +36,13 @@ PHONE = {"width": 390, "height": 844}
 STEP_DELAY = {"FASTBRAIN_TEST_STEP_DELAY_SECONDS": "1"}
 # Pages wait on real work (a data report loads an embedding model on a busy 2-core machine).
 expect.set_options(timeout=30_000)
+KEY_STORAGE = "fastbrain.apiKey"  # the dashboard's sessionStorage item (src/session.js)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_keys(admin_key: str) -> str:
+    """Every browser test runs with the session's admin key made (tests.conftest.Keys)."""
+    return admin_key
 
 
 @pytest.fixture(scope="session")
@@ -57,13 +65,19 @@ def dashboard_stack(migrated: Settings) -> Iterator[Stack]:
 
 
 class Console:
-    """Every console error and uncaught exception a page produced."""
+    """Every console error and uncaught exception a page produced, but those a test said to expect."""
 
     def __init__(self) -> None:
         self.errors: list[str] = []
+        self.expected: list[re.Pattern[str]] = []
+
+    def expect(self, pattern: str) -> None:
+        """Chromium logs every failed request ("... status of 401 (Unauthorized)"): a test that
+        provokes one on purpose allows its line here."""
+        self.expected.append(re.compile(pattern))
 
     def on_console(self, message: ConsoleMessage) -> None:
-        if message.type == "error":
+        if message.type == "error" and not any(p.search(message.text) for p in self.expected):
             self.errors.append(f"console: {message.text} ({message.location.get('url')})")
 
     def on_page_error(self, error: Exception) -> None:
@@ -96,7 +110,24 @@ async def screenshot(page: Page, name: str) -> Path:
     return path
 
 
+async def log_in(page: Page, url: str, route: str = "") -> None:
+    """Opens the dashboard from a login link (`./run.sh` prints one: the admin key in the
+    fragment), checks the key left the address bar at once, then goes to `route` (`#/...`)."""
+    await page.goto(f"{url}/#key={Keys.admin}")
+    await expect(page.get_by_test_id("account")).to_contain_text("default")
+    assert "key=" not in page.url and Keys.admin not in page.url, page.url
+    assert await page.evaluate(f"sessionStorage.getItem('{KEY_STORAGE}')") == Keys.admin
+    if route:
+        await page.goto(f"{url}/{route}")
+
+
+async def stored_key(page: Page) -> str | None:
+    key: str | None = await page.evaluate(f"sessionStorage.getItem('{KEY_STORAGE}')")
+    return key
+
+
 @pytest.fixture
 async def http(dashboard_stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=dashboard_stack.url, timeout=60) as client:
+    """The API of the dashboard's stack, with the session's admin key."""
+    async with dashboard_stack.client(timeout=60) as client:
         yield client

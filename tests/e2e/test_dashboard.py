@@ -17,7 +17,7 @@ from playwright.async_api import Page, WebSocketRoute, expect
 
 from shared.settings import Settings
 from tests.conftest import Stack, create_skill, demo_conversations, wait_for_status
-from tests.e2e.conftest import PHONE, screenshot
+from tests.e2e.conftest import PHONE, log_in, screenshot
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ async def test_create_train_chat_and_manage_versions(
     page: Page, dashboard_stack: Stack, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     base = dashboard_stack.url
-    await page.goto(base)
+    await log_in(page, base)
     await expect(page.get_by_role("heading", name="Skills")).to_be_visible()
 
     # Create a skill, add one example by hand and eleven from a file.
@@ -105,6 +105,9 @@ async def test_create_train_chat_and_manage_versions(
         server.on_message(forward)
 
     await page.route_web_socket(re.compile(r".*/api/training-stream/.*"), flaky_stream)
+    # A browser cannot put the key on a WebSocket: each (re)connect first takes a one-use ticket.
+    tickets: list[str] = []
+    page.on("request", lambda r: tickets.append(r.method) if r.url.endswith("/api/stream-tickets") else None)
     await page.get_by_role("button", name="Start Training").click()
     await expect(page).to_have_url(re.compile(r"#/jobs/[0-9a-f-]{36}$"))
     job_id = page.url.rsplit("/", 1)[1]
@@ -130,6 +133,7 @@ async def test_create_train_chat_and_manage_versions(
 
     assert len(stream_urls) >= 2, "the page never reconnected"
     assert stream_urls[0].endswith("after_seq=0") and stream_urls[1].endswith("after_seq=4")
+    assert tickets[: len(stream_urls)] == ["POST"] * len(stream_urls), "a stream opened without a fresh ticket"
     seqs = await log_seqs(page)
     assert seqs == list(range(1, status["last_event_seq"] + 1)), "log has gaps or duplicates"
 
@@ -195,7 +199,7 @@ async def test_create_train_chat_and_manage_versions(
 
 async def test_cancel_a_run(page: Page, dashboard_stack: Stack, http: httpx.AsyncClient) -> None:
     await create_skill(http, "cancel-me", n=12)
-    await page.goto(f"{dashboard_stack.url}/#/train/cancel-me")
+    await log_in(page, dashboard_stack.url, "#/train/cancel-me")
     await choose_tiny_model(page, epochs=20, batch_size=1)
     await page.get_by_role("button", name="Start Training").click()
     await expect(page.get_by_test_id("loss-chart")).to_have_attribute(
@@ -221,14 +225,14 @@ def failing_stack(migrated: Settings) -> Any:
 
 
 async def test_error_panel_explains_a_failed_run(failing_stack: Stack, page: Page) -> None:
-    async with httpx.AsyncClient(base_url=failing_stack.url, timeout=60) as http:
+    async with failing_stack.client(timeout=60) as http:
         await create_skill(http, "flaky-net", n=12)
         response = await http.post(
             "/api/train-skill/flaky-net", json={"config": {"preset": "quick", "base_model": "tiny-random"}}
         )
         assert response.status_code == 202, response.text
         job_id = response.json()["job_id"]
-        await page.goto(f"{failing_stack.url}/#/jobs/{job_id}")
+        await log_in(page, failing_stack.url, f"#/jobs/{job_id}")
         panel = page.get_by_test_id("error-panel")
         await expect(panel).to_be_visible(timeout=180_000)
         status = await wait_for_status(http, job_id, {"failed"})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import stat
 import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -11,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from shared.db import keys, tenancy
 from shared.db.engine import create_sessionmaker
 from shared.db.models import Adapter, Skill, TrainingJob, TrainingLog
+from shared.settings import Settings
 
 
 async def _seed(engine: AsyncEngine) -> None:
@@ -79,3 +82,38 @@ async def test_keys_are_stored_hashed_and_revocation_is_immediate(clean_db: Asyn
         assert await keys.revoke_key(session, created.key.prefix) is not None
     async with system() as session, session.begin():
         assert await keys.authenticate(session, created.secret) is None
+
+
+async def test_a_skill_id_another_workspace_holds_is_a_409(api_url: str, clean_db: AsyncEngine) -> None:
+    import httpx
+
+    from tests.conftest import auth, make_key
+    from tests.integration.test_skills_api import assert_error_shape
+
+    body = {"skill_id": "shared-name", "name": "n", "system_prompt": "p"}
+    first = await make_key(clean_db, "alpha", keys.Scope.TRAIN)
+    second = await make_key(clean_db, "beta", keys.Scope.TRAIN)
+    async with httpx.AsyncClient(base_url=api_url, timeout=30) as http:
+        assert (await http.post("/api/skills", json=body, headers=auth(first))).status_code == 201
+        assert_error_shape(await http.post("/api/skills", json=body, headers=auth(second)), 409, "skill_exists")
+        assert (await http.get("/api/skills", headers=auth(second))).json()["skills"] == []
+
+
+async def test_dev_admin_key_is_made_once_kept_private_and_replaced_when_dead(
+    migrated: Settings, clean_db: AsyncEngine, tmp_path: Path
+) -> None:
+    """`fastbrain dev`'s admin key (services/dev/command.py): made on the first start, then reused."""
+    from services.dev.command import ensure_admin_key
+
+    path = tmp_path / "admin-key"
+    url = str(migrated.database_url)
+    secret = await ensure_admin_key(url, path)
+    assert secret is not None and path.read_text().strip() == secret
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert await ensure_admin_key(url, path) is None  # the next start keeps it (and prints no key)
+    async with create_sessionmaker(clean_db)() as session, session.begin():
+        principal = await keys.authenticate(session, secret)
+        assert principal is not None and (principal.workspace_id, principal.scope) == ("default", keys.Scope.ADMIN)
+        await keys.revoke_key(session, str(principal.key_id))
+    replacement = await ensure_admin_key(url, path)  # a dead key (revoked, or a reset database) is replaced
+    assert replacement is not None and replacement != secret and path.read_text().strip() == replacement

@@ -16,7 +16,7 @@ import structlog
 
 from services.worker.backends.local import LocalBackend, trainer_env
 from shared.errors import describe
-from shared.logging import MASK, SecretMaskingFilter, configure_logging, is_secret_key, mask_secrets, mask_urls
+from shared.logging import MASK, SecretMaskingFilter, configure_logging, is_secret_key, mask_secrets, mask_text
 from shared.schemas.events import PRIVATE_ERROR_FIELDS, public_error_details, public_event
 from shared.settings import Settings
 from tests.unit.conftest import tiny_spec
@@ -145,10 +145,17 @@ async def test_trainer_child_gets_no_database_url_or_modal_token(
         ("postgresql://user@host/db", "postgresql://user@host/db"),
         ("https://example.com/a?b=c:d@e", "https://example.com/a?b=c:d@e"),
         ("no url here: a@b", "no url here: a@b"),
+        (f'"GET /api/skills?api_key=fb_{"x" * 43} HTTP/1.1" 401', '"GET /api/skills?api_key=fb_*** HTTP/1.1" 401'),
+        ("fb_short and fb_ alone", "fb_short and fb_ alone"),
+        ("< authorization: Bearer abc.def", "< authorization: Bearer ***"),
+        (
+            "< sec-websocket-protocol: fastbrain, fastbrain.ticket.Xy-z_9",
+            "< sec-websocket-protocol: fastbrain, fastbrain.ticket.***",
+        ),
     ],
 )
-def test_mask_urls(text: str, expected: str) -> None:
-    assert mask_urls(text) == expected
+def test_mask_text(text: str, expected: str) -> None:
+    assert mask_text(text) == expected
 
 
 def test_secret_key_names() -> None:

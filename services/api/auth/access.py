@@ -81,7 +81,14 @@ async def _principal(connection: HTTPConnection, state: AppState) -> Principal |
     if connection.scope["type"] == "websocket":
         ticket = offered_ticket(connection)
         if ticket is not None:
-            return await tickets.redeem(state, ticket)
+            principal = await tickets.redeem(state, ticket)
+            if principal is None:  # the key may be fine: the client should fetch another ticket
+                raise Unauthorized(
+                    "The stream ticket is unknown, expired or already used.",
+                    suggestions=["Get a new one with POST /api/stream-tickets just before connecting."],
+                    code="invalid_ticket",
+                )
+            return principal
     return None
 
 

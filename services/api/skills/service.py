@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.errors import Conflict, NotFound, Unprocessable
@@ -82,13 +83,14 @@ def check_example_cap(skill_id: str, current: int, adding: int, limit: int) -> N
 
 async def create_skill(session: AsyncSession, body: SkillCreate, max_examples: int) -> Skill:
     check_example_cap(body.skill_id, 0, len(body.conversations), max_examples)
+    exists = Conflict(
+        f"Skill '{body.skill_id}' already exists.",
+        details={"skill_id": body.skill_id},
+        suggestions=["Use PUT /api/skills/{skill_id} to change it, or pick another skill_id."],
+        code="skill_exists",
+    )
     if await session.get(Skill, body.skill_id) is not None:
-        raise Conflict(
-            f"Skill '{body.skill_id}' already exists.",
-            details={"skill_id": body.skill_id},
-            suggestions=["Use PUT /api/skills/{skill_id} to change it, or pick another skill_id."],
-            code="skill_exists",
-        )
+        raise exists
     skill = Skill(
         id=body.skill_id,
         name=body.name,
@@ -98,7 +100,13 @@ async def create_skill(session: AsyncSession, body: SkillCreate, max_examples: i
         training_data=[c.model_dump() for c in body.conversations],
     )
     session.add(skill)
-    await session.flush()
+    try:
+        # Skill ids are unique across workspaces (they name the adapters' folders): one that
+        # another workspace holds, which this session cannot see, is taken all the same.
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError as exc:
+        raise exists from exc
     await session.refresh(skill)
     return skill
 

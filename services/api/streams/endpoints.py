@@ -51,8 +51,10 @@ async def training_stream(websocket: WebSocket, job_id: uuid.UUID, after_seq: An
     honest by protocol-level PINGs: a client that stops answering is dropped within 5 s.
 
     Authenticate with `Authorization: Bearer <key>`, or from a browser with the
-    subprotocols a `POST /api/stream-tickets` returns. Without either the handshake is
-    answered 401; past `FASTBRAIN_WEBSOCKETS_PER_KEY` open sockets, 429."""
+    subprotocols a `POST /api/stream-tickets` returns. A refused socket gets one `error`
+    message and close code 4401 (no valid key; `INVALID_TICKET` when the ticket was unknown,
+    expired or used: fetch another), 4403 (scope) or 4429 (past `FASTBRAIN_WEBSOCKETS_PER_KEY`
+    open sockets on the key)."""
     principal = principal_of(websocket)
     state: AppState = websocket.app.state.fastbrain
     slot = await rate.claim_ws_slot(state, principal)  # a 429 handshake answer when the key has too many

@@ -3,6 +3,7 @@ import { useEffect, useState } from "preact/hooks";
 import { api } from "../api.js";
 import { ConfirmDialog } from "../components/ConfirmDialog.jsx";
 import { ErrorNote } from "../components/ErrorNote.jsx";
+import { ExportLink } from "../components/ExportLink.jsx";
 import { TestChat } from "../components/TestChat.jsx";
 import { ago, dateTime, loss, money, shortDuration } from "../format.js";
 
@@ -89,9 +90,7 @@ export function Adapters() {
                   Activate
                 </button>
               )}
-              <a class="button" href={`/api/adapters/${a.id}/export`} download aria-label={`Export ${a.skill_id} v${a.version}`}>
-                Export
-              </a>
+              <ExportLink adapterId={a.id} label={`Export ${a.skill_id} v${a.version}`} onError={setError} />
               <button type="button" class="danger" onClick={() => setDeleting(a)} aria-label={`Delete ${a.skill_id} v${a.version}`}>
                 Delete
               </button>

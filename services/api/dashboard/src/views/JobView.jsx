@@ -4,6 +4,7 @@ import { useEffect, useReducer, useRef, useState } from "preact/hooks";
 import { api } from "../api.js";
 import { Chart } from "../components/Chart.jsx";
 import { ErrorNote } from "../components/ErrorNote.jsx";
+import { ExportLink } from "../components/ExportLink.jsx";
 import { TestChat } from "../components/TestChat.jsx";
 import { clock, duration, loss, lossChange, money } from "../format.js";
 import { navigate } from "../router.js";
@@ -42,7 +43,7 @@ export function JobView({ jobId }) {
   const [job, setJob] = useState(null);
   const [error, setError] = useState(null);
   const [state, dispatch] = useReducer(reduce, initial);
-  const [connection, setConnection] = useState("connecting");
+  const [connection, setConnection] = useState({ state: "connecting" });
 
   const refresh = () =>
     api(`/api/training-status/${jobId}`)
@@ -52,7 +53,7 @@ export function JobView({ jobId }) {
   useEffect(() => {
     dispatch({ type: "reset" });
     refresh();
-    return followJob(jobId, { onEvent: dispatch, onConnection: setConnection });
+    return followJob(jobId, { onEvent: dispatch, onConnection: (state, message) => setConnection({ state, message }) });
   }, [jobId]);
 
   // The final figures (cost, held-out loss, adapter) are on the job row: read it once the stream ends.
@@ -153,8 +154,8 @@ function ProgressCard({ job, state, status, connection }) {
       <p>
         Status: <strong data-testid="job-status">{statusText(status)}</strong>{" "}
         {running && (
-          <span class={`connection ${connection}`} role="status">
-            {connection === "live" ? "● live" : connection === "reconnecting" ? "○ reconnecting…" : ""}
+          <span class={`connection ${connection.state}`} role="status">
+            {connectionText(connection)}
           </span>
         )}
       </p>
@@ -169,6 +170,14 @@ function ProgressCard({ job, state, status, connection }) {
       </p>
     </section>
   );
+}
+
+// The stream's state beside the status: live, reconnecting, or why the server refused it.
+function connectionText({ state, message }) {
+  if (state === "live") return "● live";
+  if (state === "reconnecting") return "○ reconnecting…";
+  if (state === "limited") return `○ ${message} Retrying…`;
+  return message || "";
 }
 
 function statusText(status) {
@@ -187,6 +196,7 @@ function statusText(status) {
 }
 
 function Complete({ job, skillName }) {
+  const [exportError, setExportError] = useState(null);
   const heldOut = lossChange(job.eval_loss_before, job.eval_loss_after);
   const training = lossChange(job.initial_loss, job.final_loss);
   const examples = job.training_examples;
@@ -227,15 +237,12 @@ function Complete({ job, skillName }) {
         <a class="button" href={`#/train/${job.skill_id}`}>
           Train Again
         </a>
-        {job.adapter_id && (
-          <a class="button" href={`/api/adapters/${job.adapter_id}/export`} download>
-            Export
-          </a>
-        )}
+        {job.adapter_id && <ExportLink adapterId={job.adapter_id} onError={setExportError} />}
         <a class="button" href="#/skills">
           Back to Skills
         </a>
       </div>
+      <ErrorNote error={exportError} title="Could not export the adapter." />
     </>
   );
 }
