@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.types import Scope
 
 from services.api.adapters.endpoints import router as adapters_router
-from services.api.auth.access import authorize, document_security
+from services.api.auth.access import CredentialsBeforeBody, authorize, document_security
 from services.api.auth.endpoints import router as auth_router
 from services.api.auth.rate import create_limiter
 from services.api.data.endpoints import router as data_router
@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)  # CSP, nosniff, no-referrer; no CORS middleware: CORS is off
     install_error_handlers(app)
     install_body_limit(app, settings.max_request_body_bytes)
+    app.add_middleware(CredentialsBeforeBody, max_bytes=settings.max_request_body_bytes)  # outermost
     routers = (
         skills_router,
         data_router,

@@ -60,7 +60,7 @@ class BodySizeLimit:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await _discard(receive, self.max_bytes)
+            await discard_body(receive, self.max_bytes)
             await self._reject(send, declared)
             return
 
@@ -75,7 +75,7 @@ class BodySizeLimit:
                 received += len(message.get("body", b""))
                 if received > limit:
                     if message.get("more_body"):
-                        await _discard(receive, limit)
+                        await discard_body(receive, limit)
                     raise BodyTooLarge(limit, received)
             return message
 
@@ -97,7 +97,7 @@ class BodySizeLimit:
         await response({"type": "http"}, _no_body, send)
 
 
-async def _discard(receive: Receive, budget: int) -> None:
+async def discard_body(receive: Receive, budget: int) -> None:
     """Read and drop (never keep) up to `budget` more bytes of the body before answering.
 
     A server that closes the connection while the client is still sending makes the

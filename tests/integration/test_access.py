@@ -60,6 +60,7 @@ SMALLER = {Scope.TRAIN: Scope.READ, Scope.ADMIN: Scope.TRAIN}
 class Tenant:
     """Workspace A's rows, and keys of each scope for A and for B."""
 
+    workspace_a: str
     skill_id: str
     job_id: str
     open_job_id: str
@@ -98,7 +99,7 @@ async def tenant(engine: AsyncEngine, tmp_path_factory: pytest.TempPathFactory) 
         session.add(open_job)
         await session.flush()
         session.add(TrainingLog(job_id=open_job.id, seq=1, event_type="status", data={"type": "status", "seq": 1}))
-        tenant = Tenant(skill.id, str(job.id), str(open_job.id), str(adapter.id), keys_a, key_b)
+        tenant = Tenant(workspace_a, skill.id, str(job.id), str(open_job.id), str(adapter.id), keys_a, key_b)
     yield tenant
     async with create_sessionmaker(engine)() as session, session.begin():
         doomed = await session.get(Skill, tenant.skill_id)
@@ -182,6 +183,20 @@ async def test_a_stream_ticket_opens_one_socket_once(api_url: str, tenant: Tenan
         assert json.loads(await ws.recv())["seq"] == 1
     async with asyncio.timeout(10), websockets.connect(url, subprotocols=protocols) as ws:  # used up
         assert json.loads(await ws.recv())["category"] == "INVALID_TICKET"
+
+
+async def test_a_stream_ends_when_its_key_is_revoked(api_url: str, tenant: Tenant, engine: AsyncEngine) -> None:
+    key = await make_key(engine, tenant.workspace_a, Scope.READ, "to-revoke")
+    url = api_url.replace("http://", "ws://") + f"/api/training-stream/{tenant.open_job_id}"
+    async with asyncio.timeout(20), websockets.connect(url, additional_headers=auth(key)) as ws:
+        assert json.loads(await ws.recv())["seq"] == 1  # streaming (the job is queued: it stays open)
+        async with create_sessionmaker(engine)() as session, session.begin():
+            assert await keys.revoke_key(session, key[: keys.SHOWN_CHARS]) is not None
+        message = json.loads(await ws.recv())
+        assert message["category"] == "UNAUTHORIZED" and message["final"] is True
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+        assert ws.close_code == 4401
 
 
 async def test_a_key_in_the_query_string_is_not_accepted(api_url: str) -> None:
@@ -332,3 +347,12 @@ async def test_a_training_over_the_monthly_budget_is_refused_with_the_numbers(
         assert "$0.50 left" in str(error["message"])
         me = (await http.get("/api/me")).json()
         assert me["budget"]["monthly_usd"] == 0.5 and me["active_jobs"] == 0
+
+
+async def test_a_body_without_any_key_is_refused_before_it_is_read(api_url: str) -> None:
+    """A 5 MB upload without an Authorization header: 401 at once (FastAPI would otherwise parse it first)."""
+    async with httpx.AsyncClient(base_url=api_url, timeout=30) as http:
+        response = await http.post("/api/skills/any/examples/import", files={"file": ("big.jsonl", b"x" * 5_000_000)})
+        assert_error_shape(response, 401, "unauthorized")
+        assert response.headers["www-authenticate"].startswith("Bearer")
+        assert_error_shape(await http.post("/api/skills", json={"skill_id": "x"}), 401, "unauthorized")

@@ -21,10 +21,14 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
 from starlette.requests import HTTPConnection
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from services.api.auth import rate, tickets
 from services.api.auth.protocol import offered_ticket
-from services.api.errors import Forbidden, Unauthorized
+from services.api.errors import Forbidden, Unauthorized, error_body
+from services.api.limits import discard_body
 from shared.db.keys import Principal, Scope, authenticate
 
 if TYPE_CHECKING:
@@ -37,6 +41,13 @@ LOGIN_HINTS = [
     "Send `Authorization: Bearer <key>`; `fastbrain keys create --workspace W --scope train` makes a key.",
     "With `fastbrain dev` / ./run.sh, the admin key is in <data dir>/admin-key.",
 ]
+
+
+ACCESS_RESPONSES = {
+    "401": "No valid API key (`unauthorized`).",
+    "403": "The key's scope is too small for this operation (`insufficient_scope`).",
+    "429": "Too many requests for this key (`rate_limited`, with `Retry-After`).",
+}
 
 
 def needs(scope: Scope) -> dict[str, Any]:
@@ -116,6 +127,29 @@ async def authorize(connection: HTTPConnection) -> None:
     connection.state.principal = principal
 
 
+class CredentialsBeforeBody:
+    """A request with a body but no `Authorization` header at all is answered 401 before its
+    body is read. FastAPI reads (and, for multipart, spools) a body before it runs any
+    dependency, `authorize` included; without this an anonymous client could make the server
+    parse uploads only to be refused. Every public path is a GET, so no route is needed here."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] in ("GET", "HEAD")
+            or any(name == b"authorization" for name, _ in scope.get("headers", ()))
+        ):
+            await self.app(scope, receive, send)
+            return
+        await discard_body(receive, self.max_bytes)  # bounded, so the client is still listening for the answer
+        body = error_body("unauthorized", "A valid API key is required.", suggestions=LOGIN_HINTS)
+        await JSONResponse(body, 401, headers=WWW_AUTHENTICATE)(scope, receive, send)
+
+
 def principal_of(connection: HTTPConnection) -> Principal:
     principal: Principal | None = getattr(connection.state, "principal", None)
     if principal is None:  # a public route asked for workspace data: refuse rather than guess
@@ -155,6 +189,9 @@ def document_security(app: FastAPI) -> None:
                 else:
                     operation["security"] = [{"apiKey": []}]
                     operation[SCOPE_EXTRA] = required_scope(route).value
+                    responses = operation.setdefault("responses", {})
+                    for code, description in ACCESS_RESPONSES.items():
+                        responses.setdefault(code, {"description": description})
         app.openapi_schema = schema
         return schema
 

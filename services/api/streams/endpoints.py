@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from contextlib import aclosing
 from typing import Annotated
@@ -23,7 +24,7 @@ from services.api.auth import rate
 from services.api.auth.access import principal_of
 from services.api.auth.protocol import accepted_subprotocol
 from services.api.deps import AppState
-from shared.db.keys import Principal
+from shared.db.keys import Principal, live_principal
 from shared.db.models import TrainingJob
 from shared.events import MAX_SEQ
 from shared.schemas.events import public_event
@@ -33,7 +34,10 @@ log = structlog.get_logger(__name__)
 
 CLOSE_NORMAL = 1000
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_UNAUTHORIZED = 4401
 CLOSE_NOT_FOUND = 4404
+# How soon an open stream notices that its key was revoked.
+KEY_CHECK_SECONDS = 5.0
 CLOSE_INVALID = 4422
 
 
@@ -54,7 +58,7 @@ async def training_stream(websocket: WebSocket, job_id: uuid.UUID, after_seq: An
     subprotocols a `POST /api/stream-tickets` returns. A refused socket gets one `error`
     message and close code 4401 (no valid key; `INVALID_TICKET` when the ticket was unknown,
     expired or used: fetch another), 4403 (scope) or 4429 (past `FASTBRAIN_WEBSOCKETS_PER_KEY`
-    open sockets on the key)."""
+    open sockets on the key). A stream whose key is revoked ends within 5 s the same way (4401)."""
     principal = principal_of(websocket)
     state: AppState = websocket.app.state.fastbrain
     slot = await rate.claim_ws_slot(state, principal)  # a 429 handshake answer when the key has too many
@@ -93,15 +97,22 @@ async def _serve(
 
     sender = asyncio.create_task(send_events(), name=f"stream-send-{job_id}")
     receiver = asyncio.create_task(_until_disconnect(websocket), name=f"stream-receive-{job_id}")
-    renewer = asyncio.create_task(_renew_forever(slot), name=f"stream-slot-{job_id}")
+    guard = asyncio.create_task(_guard(state, principal, slot), name=f"stream-guard-{job_id}")
     try:
-        await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({sender, receiver, guard}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (sender, receiver, renewer):
+        for task in (sender, receiver, guard):
             task.cancel()
-        await asyncio.gather(sender, receiver, renewer, return_exceptions=True)
+        await asyncio.gather(sender, receiver, guard, return_exceptions=True)
     if receiver.done() and not receiver.cancelled():
         return  # the client left (or was dropped by the keepalive): nothing to close
+    if guard.done() and not guard.cancelled() and guard.exception() is None:
+        with contextlib.suppress(RuntimeError, OSError):  # the key was revoked while it streamed
+            await websocket.send_json(
+                {"type": "error", "category": "UNAUTHORIZED", "message": "The API key was revoked.", "final": True}
+            )
+            await websocket.close(code=CLOSE_UNAUTHORIZED)
+        return
     error = sender.exception() if sender.done() and not sender.cancelled() else None
     if isinstance(error, WebSocketDisconnect | OSError) or websocket.client_state != WebSocketState.CONNECTED:
         return  # the send failed because the client is gone
@@ -111,11 +122,19 @@ async def _serve(
         await websocket.close(code=CLOSE_INTERNAL_ERROR if error is not None else CLOSE_NORMAL)
 
 
-async def _renew_forever(slot: rate.WsSlot) -> None:
+async def _guard(state: AppState, principal: Principal, slot: rate.WsSlot) -> None:
+    """Returns once the socket's key is revoked (checked every KEY_CHECK_SECONDS); renews its slot meanwhile."""
+    renewed = time.monotonic()
     while True:
-        await asyncio.sleep(rate.RENEW_SECONDS)
-        with contextlib.suppress(Exception):  # a Redis blip costs at most this socket's claim, never the stream
-            await slot.renew()
+        await asyncio.sleep(KEY_CHECK_SECONDS)
+        with contextlib.suppress(Exception):  # a database blip is no reason to end a stream
+            async with state.system_sessionmaker() as session, session.begin():
+                if await live_principal(session, principal.key_id) is None:
+                    return
+        if time.monotonic() - renewed >= rate.RENEW_SECONDS:
+            renewed = time.monotonic()
+            with contextlib.suppress(Exception):  # a Redis blip costs at most this socket's claim
+                await slot.renew()
 
 
 def _position(after_seq: str) -> int | None:
