@@ -102,11 +102,15 @@ async def test_log_in_train_and_log_out(
     await page.get_by_role("button", name="Log out").click()
     await log_in_with(page, doomed)
     await expect(page.get_by_test_id("account")).to_have_text("Workspace default · scope read")
+    # On the skills list: no stream open (an open one would notice the revocation itself within 5 s).
+    await page.get_by_role("link", name="Skills").click()
+    await expect(page.get_by_role("list", name="Skills").get_by_role("listitem")).to_have_count(1)
     async with create_sessionmaker(engine)() as session, session.begin():
         assert await keys.revoke_key(session, doomed[: keys.SHOWN_CHARS]) is not None
-    await page.reload()
+    await page.get_by_role("link", name="Adapters").click()
     await expect(page.get_by_role("alert")).to_contain_text("You were logged out. A valid API key is required.")
     assert await stored_key(page) is None
+    await page.goto(f"{dashboard_stack.url}/#/jobs/{job_id}")
     await log_in_with(page, Keys.admin)
     await expect(page.get_by_test_id("complete")).to_be_visible()  # back where it was
 

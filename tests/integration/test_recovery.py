@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from services.gpu.training.checkpoints import TRAINER_STATE
 from shared.db.models import Adapter, TrainingLog
 from shared.settings import Settings
 from tests.conftest import Stack, create_skill, demo_conversations, wait_for_status
@@ -196,10 +197,13 @@ async def test_killed_worker_job_resumes_from_checkpoint_on_another_worker(
     job_id = await _train(http, "resume-skill", max_steps=24, batch_size=1, gradient_accumulation_steps=1)
     checkpoints = stack.settings.adapters_dir / "resume-skill" / ".checkpoints" / job_id
     deadline = time.monotonic() + 120
-    while not list(checkpoints.glob("a*/checkpoint-*")) and time.monotonic() < deadline:
+    # A complete checkpoint: its trainer_state.json is written last (killing the worker while the
+    # first one is half written leaves nothing to resume from, and the test would prove nothing).
+    complete = f"a*/checkpoint-*/{TRAINER_STATE}"
+    while not list(checkpoints.glob(complete)) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-    assert list(checkpoints.glob("a*/checkpoint-*")), "a checkpoint was written"
-    saved = max(int(p.name.split("-")[1]) for p in checkpoints.glob("a*/checkpoint-*"))
+    assert list(checkpoints.glob(complete)), "a checkpoint was written"
+    saved = max(int(p.parent.name.split("-")[1]) for p in checkpoints.glob(complete))
 
     os.kill(first.process.pid, signal.SIGKILL)
     first.process.wait()
