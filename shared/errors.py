@@ -7,6 +7,7 @@ name so this module also runs in the API and inside the Modal image.
 
 from __future__ import annotations
 
+import math
 import re
 import traceback
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ class ErrorCategory(StrEnum):
     MODEL_LOAD_FAIL = "MODEL_LOAD_FAIL"
     DATA_FORMAT_ERROR = "DATA_FORMAT_ERROR"
     NETWORK_ERROR = "NETWORK_ERROR"
+    TRAINING_DIVERGED = "TRAINING_DIVERGED"
     GPU_UNAVAILABLE = "GPU_UNAVAILABLE"
     TIMEOUT = "TIMEOUT"
     CANCELLED = "CANCELLED"
@@ -89,6 +91,17 @@ CATALOGUE: dict[ErrorCategory, CategoryInfo] = {
         ),
         (r"ConnectionError", r"Connection refused", r"network"),
     ),
+    ErrorCategory.TRAINING_DIVERGED: CategoryInfo(
+        Severity.RECOVERABLE,
+        "Training became unstable (the loss went to NaN/infinity or spiked).",
+        (
+            "Lower the learning rate (for example by half)",
+            "Check the examples for garbage or very long answers",
+            "Use a smaller LoRA rank (8 instead of 16)",
+        ),
+        frozenset({"TrainingDiverged"}),
+        (r"training diverged",),
+    ),
     ErrorCategory.GPU_UNAVAILABLE: CategoryInfo(
         Severity.INFRASTRUCTURE,
         "GPU currently unavailable. Please try again in a few minutes.",
@@ -131,6 +144,7 @@ _TYPE_ORDER = (
     ErrorCategory.DATA_FORMAT_ERROR,
     ErrorCategory.TIMEOUT,
     ErrorCategory.NETWORK_ERROR,
+    ErrorCategory.TRAINING_DIVERGED,
     ErrorCategory.CANCELLED,
     ErrorCategory.WORKER_LOST,
 )
@@ -140,6 +154,7 @@ class FastBrainError(Exception):
     """Base for domain errors raised on purpose, with their category."""
 
     category: ErrorCategory = ErrorCategory.INTERNAL
+    details: dict[str, object] | None = None  # JSON-safe facts for the error payload's `details`
 
 
 class DataFormatError(FastBrainError, ValueError):
@@ -160,6 +175,44 @@ class JobCancelled(FastBrainError):
 
 class WorkerLostError(FastBrainError):
     category = ErrorCategory.WORKER_LOST
+
+
+class TrainingDiverged(FastBrainError):
+    """The training watchdog saw a NaN/infinite loss or gradient norm, or a loss spike, at `step`.
+
+    `reason`: nan_loss | inf_loss | nan_grad_norm | inf_grad_norm | loss_spike. `details` goes on the
+    error payload as is (JSON-safe: a non-finite value is written as a string) for the recovery policy.
+    """
+
+    category = ErrorCategory.TRAINING_DIVERGED
+
+    def __init__(
+        self,
+        step: int,
+        reason: str,
+        value: float,
+        *,
+        median: float | None = None,
+        last_good_step: int | None = None,
+    ) -> None:
+        self.step, self.reason, self.value = step, reason, value
+        self.details: dict[str, object] = {
+            "step": step,
+            "reason": reason,
+            "value": _json_number(value),
+            "median": _json_number(median),
+            # The checkpoint the next try resumes from (None: the start).
+            "last_good_step": last_good_step,
+        }
+        shown = f"{value:.4g}" + (f" (running median {median:.4g})" if median is not None else "")
+        super().__init__(f"Training diverged at step {step}: {reason} = {shown}")
+
+
+def _json_number(value: float | None) -> float | str | None:
+    """A float as JSON can carry it (PostgreSQL JSONB has no NaN/Infinity): non-finite ones as text."""
+    if value is None:
+        return None
+    return value if math.isfinite(value) else str(value)
 
 
 def _type_names(exc: BaseException) -> set[str]:
@@ -211,7 +264,9 @@ def describe(exc: BaseException) -> dict[str, object]:
     """The error payload fields for an exception (see `ErrorPayload`)."""
     category = classify(exc)
     info = CATALOGUE[category]
+    extra = exc.details if isinstance(exc, FastBrainError) else None
     return {
+        **({"details": extra} if extra else {}),
         "category": category.value,
         "message": f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
         "severity": info.severity.value,

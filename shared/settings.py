@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     network_backoff_seconds: float = Field(2.0, ge=0, description="First NETWORK_ERROR backoff; doubles each time.")
     gpu_unavailable_max_requeues: int = Field(3, ge=0, description="GPU_UNAVAILABLE requeues before failing.")
     gpu_unavailable_delay_seconds: float = Field(300.0, ge=0, description="Delay before a GPU_UNAVAILABLE requeue.")
+    divergence_max_retries: int = Field(
+        2, ge=0, description="TRAINING_DIVERGED rollbacks (each halves the learning rate) before failing."
+    )
     modal_app_name: str = Field("fastbrain-trainer", description="Name of the deployed Modal app (`modal deploy`).")
     modal_gpu: str = Field("A10G", description="Modal GPU type the trainer class asks for (read at `modal deploy`).")
     modal_gpu_prices: dict[str, float] = Field(

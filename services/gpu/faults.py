@@ -7,6 +7,10 @@ production. Each produces the genuine exception the real failure raises:
   (padded batch x length) raises `torch.cuda.OutOfMemoryError`, as a GPU would.
 - FASTBRAIN_TEST_NETWORK_FAILURES=N: the first N tries of a job (spec.retry < N)
   open a TCP connection to a closed local port, raising ConnectionRefusedError.
+- FASTBRAIN_TEST_NAN_LOSS_AT_STEP=N: the loss of optimizer step N (1-based) is multiplied by NaN,
+  so its gradients and the update are NaN too, as a real divergence; only on the first T tries of
+  a job (spec.retry < T) with FASTBRAIN_TEST_NAN_LOSS_TRIES=T (default 1), so a test shows both a
+  recovery (T=1) and a persistent failure (T large).
 - FASTBRAIN_TEST_STEP_DELAY_SECONDS=S: sleep S after each optimizer step, so a
   test can act (cancel, kill a worker) in the middle of a short run.
 """
@@ -21,6 +25,8 @@ from typing import Any
 MEMORY_BUDGET_ENV = "FASTBRAIN_TEST_MEMORY_BUDGET_TOKENS"
 NETWORK_FAILURES_ENV = "FASTBRAIN_TEST_NETWORK_FAILURES"
 STEP_DELAY_ENV = "FASTBRAIN_TEST_STEP_DELAY_SECONDS"
+NAN_LOSS_AT_STEP_ENV = "FASTBRAIN_TEST_NAN_LOSS_AT_STEP"
+NAN_LOSS_TRIES_ENV = "FASTBRAIN_TEST_NAN_LOSS_TRIES"
 
 
 def _number(name: str) -> float | None:
@@ -56,3 +62,12 @@ def step_delay() -> None:
     delay = _number(STEP_DELAY_ENV)
     if delay:
         time.sleep(delay)
+
+
+def poison_loss(loss: Any, step: int, retry: int) -> Any:
+    """`loss` times NaN when `step` (the optimizer step being computed, 1-based) is the test's NaN step."""
+    at = _number(NAN_LOSS_AT_STEP_ENV)
+    tries = _number(NAN_LOSS_TRIES_ENV)
+    if at is None or step != int(at) or retry >= (1 if tries is None else tries):
+        return loss
+    return loss * float("nan")

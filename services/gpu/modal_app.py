@@ -228,6 +228,10 @@ class SkillTrainer:
                 "gpu_seconds": gpu_seconds(),
             }
         except Exception as exc:
+            # A TRAINING_DIVERGED retry resumes from the checkpoints this try kept (and without the ones
+            # the watchdog removed), maybe in another container: make them visible first.
+            with contextlib.suppress(Exception):
+                _commit()
             yield {"type": "error", **describe(exc), "gpu_seconds": gpu_seconds()}
 
     @modal.method()

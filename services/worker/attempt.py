@@ -4,7 +4,7 @@ The arq task claims a queued job (a fenced `job_state` transition that gives thi
 worker the lease), runs the trainer through the GPU backend while the watcher
 renews the lease, and ends the attempt in one of four ways: completed, failed,
 cancelled, or handed back (requeued for a resume). Recoverable failures (OOM,
-network) are retried inside the attempt by the policy in `recovery.py`. A lost
+network, divergence) are retried inside the attempt by the policy in `recovery.py`. A lost
 lease, found by the watcher or by a refused write, stops the trainer at once; the
 attempt then writes nothing more.
 """
@@ -41,6 +41,7 @@ def limits(settings: Settings) -> RecoveryLimits:
         network_backoff_seconds=settings.network_backoff_seconds,
         gpu_unavailable_max_requeues=settings.gpu_unavailable_max_requeues,
         gpu_unavailable_delay_seconds=settings.gpu_unavailable_delay_seconds,
+        divergence_max_retries=settings.divergence_max_retries,
     )
 
 
@@ -147,7 +148,9 @@ async def _drive_with_recovery(ctx: WorkerContext, recorder: Recorder, job: Trai
             return "completed"
         spent += float(outcome.get("cost_usd") or 0.0)
         category = ErrorCategory(outcome.get("category", "INTERNAL"))
-        decision = decide(category, spec.hyperparameters, history, limits(ctx["settings"]))
+        decision = decide(
+            category, spec.hyperparameters, history, limits(ctx["settings"]), outcome.get("details") or {}
+        )
         history.append(
             {
                 "category": category.value,
@@ -158,6 +161,7 @@ async def _drive_with_recovery(ctx: WorkerContext, recorder: Recorder, job: Trai
                 "at": datetime.now(UTC).isoformat(),
                 "batch_size": spec.hyperparameters.batch_size,
                 "gradient_accumulation_steps": spec.hyperparameters.gradient_accumulation_steps,
+                "learning_rate": spec.hyperparameters.learning_rate,
             }
         )
         if decision.action == "fail":

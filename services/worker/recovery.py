@@ -7,6 +7,7 @@ unit-testable. The worker carries out the decision and records it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ class RecoveryLimits:
     network_backoff_seconds: float = 2.0
     gpu_unavailable_max_requeues: int = 3
     gpu_unavailable_delay_seconds: float = 300.0
+    divergence_max_retries: int = 2
 
 
 @dataclass(frozen=True)
@@ -32,7 +34,7 @@ class Decision:
     delay_seconds: float = 0.0
     warning: str | None = None
     # Checkpoints hold optimizer state for the old batch shape: an OOM retry
-    # starts over, a network retry resumes.
+    # starts over, a network or divergence retry resumes.
     keep_checkpoints: bool = True
     details: dict[str, Any] = field(default_factory=dict)
 
@@ -78,12 +80,65 @@ def _oom(hp: Hyperparameters) -> Decision:
     return Decision("fail", "Still not enough memory", details={"action": "give_up"})
 
 
-def decide(
-    category: ErrorCategory, hp: Hyperparameters, history: list[dict[str, Any]], limits: RecoveryLimits
+_DIVERGENCE_WHAT = {
+    "nan_loss": "Loss became NaN",
+    "inf_loss": "Loss became infinite",
+    "nan_grad_norm": "Gradient norm became NaN",
+    "inf_grad_norm": "Gradient norm became infinite",
+}
+
+
+def _what_diverged(details: Mapping[str, Any]) -> str:
+    reason, step = details.get("reason"), details.get("step")
+    at = f" at step {step}" if step is not None else ""
+    if reason == "loss_spike":
+        value, median = details.get("value"), details.get("median")
+        if isinstance(value, int | float) and isinstance(median, int | float):
+            return f"Loss spiked to {value:.4g}{at} (over 3× the running median {median:.4g})"
+        return f"Loss spiked{at}"
+    return _DIVERGENCE_WHAT.get(str(reason), "Training diverged") + at
+
+
+def _diverged(
+    hp: Hyperparameters, history: list[dict[str, Any]], limits: RecoveryLimits, details: Mapping[str, Any]
 ) -> Decision:
-    """The next step after a failure of `category`; `history` is what was tried before."""
+    done = _count(history, ErrorCategory.TRAINING_DIVERGED)
+    what = _what_diverged(details)
+    if done >= limits.divergence_max_retries:
+        return Decision(
+            "fail",
+            f"{what}: gave up after {done} rollbacks with a lower learning rate",
+            details={"action": "give_up"},
+        )
+    lower = hp.learning_rate / 2
+    good = details.get("last_good_step")
+    back_to = f"step {good}" if good else "the start"
+    return Decision(
+        "retry",
+        f"{what}: rolled back to {back_to} and halved the learning rate {hp.learning_rate:g} → {lower:g} "
+        f"(retry {done + 1} of {limits.divergence_max_retries})",
+        hp.model_copy(update={"learning_rate": lower}),
+        # The trainer already removed the checkpoints from the diverged weights: resume from the last good one.
+        keep_checkpoints=True,
+        details={"action": "rollback_halve_learning_rate", "retry": done + 1, "rolled_back_to_step": good or 0},
+    )
+
+
+def decide(
+    category: ErrorCategory,
+    hp: Hyperparameters,
+    history: list[dict[str, Any]],
+    limits: RecoveryLimits,
+    details: Mapping[str, Any] | None = None,
+) -> Decision:
+    """The next step after a failure of `category`; `history` is what was tried before.
+
+    `details`: the error payload's `details` (TRAINING_DIVERGED: step, reason, value, last_good_step).
+    """
     if category == ErrorCategory.CUDA_OOM:
         return _oom(hp)
+    if category == ErrorCategory.TRAINING_DIVERGED:
+        return _diverged(hp, history, limits, details or {})
     if category == ErrorCategory.NETWORK_ERROR:
         done = _count(history, category)
         if done < limits.network_max_retries:

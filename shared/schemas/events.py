@@ -75,6 +75,8 @@ class ErrorPayload(_Payload):
     suggestions: list[str] = Field(default_factory=list)
     exception_type: str | None = None
     traceback_tail: str | None = None
+    # What the failure was about, for the recovery policy (TRAINING_DIVERGED: step, reason, value, ...).
+    details: dict[str, Any] | None = None
 
     @field_validator("category")
     @classmethod

@@ -154,7 +154,7 @@ class TrainingSpec(BaseModel):
     output_dir: str = Field(description="Where the trainer writes the adapter (a staging dir).")
     models_dir: str = Field(description="Cache of converted/built base models.")
     attempt: int = Field(1, description="The job's attempt (a new one after a worker is lost).")
-    retry: int = Field(0, description="In-attempt recovery retries so far (OOM, network).")
+    retry: int = Field(0, description="In-attempt recovery retries so far (OOM, network, divergence).")
     checkpoint_dir: str | None = Field(
         None,
         description="The job's checkpoint root: this attempt saves under `a<attempt>/` here; a resume starts "

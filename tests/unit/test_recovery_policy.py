@@ -72,3 +72,49 @@ def test_gpu_unavailable_requeues_bounded() -> None:
 def test_user_errors_fail_fast() -> None:
     for category in (ErrorCategory.DATA_FORMAT_ERROR, ErrorCategory.MODEL_LOAD_FAIL, ErrorCategory.INTERNAL):
         assert decide(category, Hyperparameters(), [], LIMITS).action == "fail"
+
+
+def _diverged_at(step: int, last_good: int | None, reason: str = "nan_loss") -> dict[str, object]:
+    return {"step": step, "reason": reason, "value": "nan", "median": None, "last_good_step": last_good}
+
+
+def test_divergence_rolls_back_halving_the_learning_rate_then_gives_up() -> None:
+    hp = Hyperparameters(learning_rate=2e-4)
+    limits = RecoveryLimits(divergence_max_retries=2)
+    first = decide(ErrorCategory.TRAINING_DIVERGED, hp, [], limits, _diverged_at(7, 5))
+    assert first.action == "retry" and first.keep_checkpoints and first.delay_seconds == 0
+    assert first.hyperparameters is not None and first.hyperparameters.learning_rate == 1e-4
+    assert first.message == (
+        "Loss became NaN at step 7: rolled back to step 5 and halved the learning rate 0.0002 → 0.0001 (retry 1 of 2)"
+    )
+    assert first.details == {"action": "rollback_halve_learning_rate", "retry": 1, "rolled_back_to_step": 5}
+    history: list[dict[str, object]] = [{"category": "TRAINING_DIVERGED"}]
+    second = decide(ErrorCategory.TRAINING_DIVERGED, first.hyperparameters, history, limits, _diverged_at(6, None))
+    assert second.hyperparameters is not None and second.hyperparameters.learning_rate == 5e-5
+    assert "rolled back to the start" in second.message and "(retry 2 of 2)" in second.message
+    history.append({"category": "TRAINING_DIVERGED"})
+    last = decide(ErrorCategory.TRAINING_DIVERGED, second.hyperparameters, history, limits, _diverged_at(6, 3))
+    assert last.action == "fail" and last.details == {"action": "give_up"}
+    assert last.message == "Loss became NaN at step 6: gave up after 2 rollbacks with a lower learning rate"
+    # Other categories' retries do not count against the divergence ones.
+    assert decide(ErrorCategory.TRAINING_DIVERGED, hp, [{"category": "NETWORK_ERROR"}] * 5, limits).action == "retry"
+    assert decide(ErrorCategory.TRAINING_DIVERGED, hp, [], RecoveryLimits(divergence_max_retries=0)).action == "fail"
+
+
+def test_divergence_says_what_happened() -> None:
+    hp = Hyperparameters(learning_rate=1e-3)
+    spike = {"step": 9, "reason": "loss_spike", "value": 7.5, "median": 2.0, "last_good_step": 6}
+    message = decide(ErrorCategory.TRAINING_DIVERGED, hp, [], LIMITS, spike).message
+    assert message.startswith("Loss spiked to 7.5 at step 9 (over 3× the running median 2): rolled back to step 6")
+    for reason, said in [
+        ("inf_loss", "Loss became infinite"),
+        ("nan_grad_norm", "Gradient norm became NaN"),
+        ("inf_grad_norm", "Gradient norm became infinite"),
+    ]:
+        assert decide(ErrorCategory.TRAINING_DIVERGED, hp, [], LIMITS, _diverged_at(4, 2, reason)).message.startswith(
+            f"{said} at step 4: rolled back to step 2 and halved the learning rate 0.001 → 0.0005"
+        )
+    # Without details (an older trainer): still a retry, from the start.
+    assert (
+        "Training diverged: rolled back to the start" in decide(ErrorCategory.TRAINING_DIVERGED, hp, [], LIMITS).message
+    )

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import queue
+import statistics
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from services.gpu import faults
+from shared.errors import TrainingDiverged
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback
 
 Payload = dict[str, Any]
+
+# The watchdog's loss spike: a loss over SPIKE_FACTOR x the running median of the steps before it,
+# once there are SPIKE_MIN_STEPS of them (the first, noisy steps never count as a spike).
+SPIKE_FACTOR = 3.0
+SPIKE_MIN_STEPS = 5
 
 
 def log(message: str, level: str = "info") -> Payload:
@@ -120,3 +128,97 @@ def make_progress_callback(
             events.put(payload)
 
     return ProgressCallback()
+
+
+def divergence(
+    loss: float | None, grad_norm: float | None, previous: list[float]
+) -> tuple[str, float, float | None] | None:
+    """Why a step's loss / gradient norm is a divergence, given the earlier losses of the run, or None.
+
+    Returns (reason, value, running median): reason is nan_loss, inf_loss, nan_grad_norm,
+    inf_grad_norm or loss_spike (loss > SPIKE_FACTOR x the median of the earlier losses, once there
+    are at least SPIKE_MIN_STEPS of them).
+    """
+    if loss is not None and not math.isfinite(loss):
+        return ("nan_loss" if math.isnan(loss) else "inf_loss"), loss, None
+    if grad_norm is not None and not math.isfinite(grad_norm):
+        return ("nan_grad_norm" if math.isnan(grad_norm) else "inf_grad_norm"), grad_norm, None
+    if loss is not None and len(previous) >= SPIKE_MIN_STEPS:
+        median = statistics.median(previous)
+        if median > 0 and loss > SPIKE_FACTOR * median:
+            return "loss_spike", loss, median
+    return None
+
+
+def rescale_learning_rate(optimizer: Any, lr_scheduler: Any, learning_rate: float) -> float | None:
+    """Make a resumed run follow `learning_rate` instead of the one its checkpoint was trained with.
+
+    HF's resume loads the optimizer's and the schedule's state from the checkpoint: their `lr`,
+    `initial_lr` and `base_lrs` carry the old rate, and the new `learning_rate` of the arguments
+    would be ignored. Scales all of them by new / old (the schedules HF builds are a multiple of
+    the base rate); returns the old base rate, or None when nothing needed changing.
+    """
+    scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's wrapper, if any
+    base_lrs = list(getattr(scheduler, "base_lrs", None) or [])
+    if optimizer is None or not base_lrs or not base_lrs[0] or math.isclose(base_lrs[0], learning_rate):
+        return None
+    old = float(base_lrs[0])
+    ratio = learning_rate / old
+    scheduler.base_lrs = [lr * ratio for lr in base_lrs]
+    if getattr(scheduler, "_last_lr", None):
+        scheduler._last_lr = [lr * ratio for lr in scheduler._last_lr]
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * ratio
+        if "initial_lr" in group:
+            group["initial_lr"] = group["initial_lr"] * ratio
+    return old
+
+
+def make_watchdog_callback(events: queue.Queue[Payload]) -> TrainerCallback:
+    """A TrainerCallback that stops a diverging run: a NaN/inf loss or gradient norm, or a loss spike.
+
+    On such a step it raises `TrainingDiverged` from `on_log`, which HF's Trainer calls before it saves
+    that step's checkpoint, so no checkpoint is written from the diverged state. On a resume whose
+    learning rate differs from the checkpoint's (the divergence retry halves it), it makes the restored
+    optimizer and schedule follow the new rate.
+    """
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+    class WatchdogCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.losses: list[float] = []
+
+        def on_train_begin(
+            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+        ) -> None:
+            # HF loads the checkpoint's optimizer and schedule before on_train_begin.
+            if not state.global_step:
+                return
+            old = rescale_learning_rate(kwargs.get("optimizer"), kwargs.get("lr_scheduler"), args.learning_rate)
+            if old is not None:
+                events.put(
+                    log(
+                        f"Learning rate {old:g} → {args.learning_rate:g} from step {state.global_step} "
+                        "(the checkpoint's optimizer and schedule follow the new rate)"
+                    )
+                )
+
+        def on_log(
+            self,
+            args: TrainingArguments,
+            state: TrainerState,
+            control: TrainerControl,
+            logs: dict[str, float] | None = None,
+            **kwargs: Any,
+        ) -> None:
+            if not logs or "loss" not in logs:
+                return
+            loss = float(logs["loss"])
+            grad_norm = float(logs["grad_norm"]) if logs.get("grad_norm") is not None else None
+            found = divergence(loss, grad_norm, self.losses)
+            if found is not None:
+                reason, value, median = found
+                raise TrainingDiverged(state.global_step, reason, value, median=median)
+            self.losses.append(loss)
+
+    return WatchdogCallback()

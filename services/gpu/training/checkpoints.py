@@ -10,6 +10,7 @@ the highest global step, the newest attempt on a tie.
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,3 +61,27 @@ def latest_checkpoint(checkpoint_root: str | Path) -> Checkpoint | None:
         if newest is not None:
             found.append(Checkpoint(_step(newest), int(match.group(1)), newest))
     return max(found) if found else None
+
+
+def discard_from(checkpoint_root: str | Path, step: int) -> list[int]:
+    """Remove the job's checkpoints at `step` or later, across its attempts' directories; their steps.
+
+    The training watchdog calls it on a divergence: those checkpoints hold weights that led to it.
+    Only the attempt that holds the job's lease trains, so no other one is reading them.
+    """
+    root = Path(checkpoint_root)
+    removed: set[int] = set()
+    if not root.is_dir():
+        return []
+    for directory in root.iterdir():
+        if _ATTEMPT_DIR.match(directory.name) is None or not directory.is_dir():
+            continue
+        for checkpoint in directory.glob("checkpoint-*"):
+            try:
+                at = _step(checkpoint)
+            except ValueError:
+                continue
+            if at >= step:
+                shutil.rmtree(checkpoint, ignore_errors=True)
+                removed.add(at)
+    return sorted(removed)

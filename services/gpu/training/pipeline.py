@@ -31,8 +31,14 @@ from typing import Any
 
 from services.gpu import faults
 from services.gpu.catalog import ModelInfo, get_model, is_prequantized_4bit, require_loadable
-from services.gpu.training.callbacks import Payload, gpu_memory_gb, log, make_progress_callback
-from services.gpu.training.checkpoints import Checkpoint, attempt_dir, latest_checkpoint
+from services.gpu.training.callbacks import (
+    Payload,
+    gpu_memory_gb,
+    log,
+    make_progress_callback,
+    make_watchdog_callback,
+)
+from services.gpu.training.checkpoints import Checkpoint, attempt_dir, discard_from, latest_checkpoint
 from services.gpu.training.model import (
     LORA_TARGET_MODULES,
     TrainableModel,
@@ -40,7 +46,7 @@ from services.gpu.training.model import (
     resolve_device,
     unsloth_wanted,
 )
-from shared.errors import DataFormatError, JobCancelled
+from shared.errors import DataFormatError, JobCancelled, TrainingDiverged
 from shared.rules.split import MIN_EXAMPLES_FOR_EVAL, eval_split
 from shared.rules.templates import LENGTH_PROBLEMS, ChatTokenizer, check_chat_template
 from shared.schemas.training import SMALL_SKILL_EXAMPLES, TrainingSpec
@@ -91,6 +97,8 @@ def sft_trainer_class() -> type:
     fused_kernel = getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None
 
     class FastBrainSFTTrainer(SFTTrainer):
+        fault_retry = 0  # the job's try (spec.retry), for the test NaN-loss hook
+
         def compute_loss(
             self,
             model: Any,
@@ -101,11 +109,16 @@ def sft_trainer_class() -> type:
             faults.check_memory_budget(inputs["input_ids"])
             device_type = inputs["input_ids"].device.type
             if fused_kernel and device_type in ("cuda", "xpu"):
-                return super().compute_loss(  # type: ignore[no-untyped-call]
+                result = super().compute_loss(  # type: ignore[no-untyped-call]
                     model, inputs, return_outputs, num_items_in_batch
                 )
-            inputs["use_cache"] = False
-            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            else:
+                inputs["use_cache"] = False
+                result = Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            step = self.state.global_step + 1  # the optimizer step this loss is for
+            if isinstance(result, tuple):
+                return (faults.poison_loss(result[0], step, self.fault_retry), *result[1:])
+            return faults.poison_loss(result, step, self.fault_retry)
 
     return FastBrainSFTTrainer
 
@@ -294,6 +307,8 @@ def _sft_config(spec: TrainingSpec, trainable: TrainableModel, output_dir: Path,
         warmup_steps=hp.warmup_ratio,  # a float < 1 is a ratio of the total steps
         lr_scheduler_type=hp.lr_scheduler,
         logging_steps=1,
+        # The watchdog (callbacks.py) must see a NaN/inf loss: by default it is replaced by the window's mean.
+        logging_nan_inf_filter=False,
         save_strategy="steps" if spec.checkpoint_dir else "no",
         # A float below 1 is a share of the run: about 10% by default.
         save_steps=spec.checkpoint_every_steps or 0.1,
@@ -393,14 +408,33 @@ def _fit(spec: TrainingSpec, prepared: Prepared, model: Model) -> Step:
             train_dataset=train_data,
             data_collator=collator,
             processing_class=prepared.tokenizer,
-            callbacks=[make_progress_callback(events, stop, history, prepared.eval_examples)],
+            # The watchdog first: a diverged step raises before its progress event (a NaN has no place in
+            # the JSONB event log) and, as logging comes before saving in HF's step, before its checkpoint.
+            callbacks=[
+                make_watchdog_callback(events),
+                make_progress_callback(events, stop, history, prepared.eval_examples),
+            ],
         )
+        trainer.fault_retry = spec.retry
         started = time.perf_counter()
         failure = yield from _stream(trainer, resume, events, stop, spec.job_id)
     finally:
         if not spec.checkpoint_dir:
             shutil.rmtree(staging, ignore_errors=True)  # TRL's output_dir: nothing is saved there
             STAGING_DIRS.discard(staging)
+    if isinstance(failure, TrainingDiverged) and spec.checkpoint_dir:
+        # The loss of step N is measured on the weights of step N - 1: checkpoints from N - 1 on hold the
+        # weights that diverged, and resuming from one would replay the same step. Drop them, so the
+        # next try resumes from before the bad update (with a lower learning rate).
+        dropped = discard_from(spec.checkpoint_dir, failure.step - 1)
+        good = latest_checkpoint(spec.checkpoint_dir)
+        failure.details["last_good_step"] = good.step if good else None
+        if dropped:
+            yield log(
+                f"Removed the checkpoints from step {failure.step - 1} on (steps {', '.join(map(str, dropped))}): "
+                f"the next try resumes from {f'step {good.step}' if good else 'the start'}",
+                level="warning",
+            )
     if failure is not None:
         raise failure
     training_time = time.perf_counter() - started
