@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     max_concurrent_jobs_per_workspace: int = Field(
         4, ge=1, description="Trainings one workspace may have pending, queued or running at once; then 429."
     )
+    regression_gate: bool = Field(
+        True,
+        description="Keep a new adapter version inactive when its held-out loss is worse than the active version's "
+        "on the same held-out examples (the job says why; activate it by hand if wanted). Off: always activate.",
+    )
     log_level: str = Field("INFO", description="structlog level.")
     log_json: bool = Field(False, description="JSON log lines instead of console lines.")
 

@@ -1,7 +1,8 @@
 """How an attempt ends: the adapter promoted with its version, or the failure or cancel recorded.
 
 Each ending is one fenced `job_state` transition. Completion commits the version
-bump, the adapter row, the job's completion and its `complete` event together, and
+bump, the adapter row (active unless the regression gate keeps it back: `regression_check`),
+the job's completion and its `complete` event together, and
 moves the adapter's files into place just before that commit (and back if it
 fails), so rows and files never disagree. Files are removed only after the
 transition took effect, and only this job's own.
@@ -24,8 +25,9 @@ from shared.db import job_state
 from shared.db.job_state import LeaseLost
 from shared.db.models import ACTIVE_JOB_STATUSES, Adapter, Skill, TrainingJob, TrainingLog
 from shared.errors import CATALOGUE, ErrorCategory
+from shared.rules import regression
 from shared.rules.devices import device_key
-from shared.schemas.training import TrainingSpec
+from shared.schemas.training import Hyperparameters, TrainingSpec
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -86,6 +88,104 @@ def _eval_metrics(payload: dict[str, Any]) -> dict[str, Any]:
     return {key: payload[key] for key in keys if payload.get(key) is not None}
 
 
+def _fingerprint(base_model: str | None, dataset: dict[str, Any], hp: Hyperparameters) -> str | None:
+    if not base_model or not isinstance(dataset.get("conversations"), list):
+        return None
+    return regression.held_out_fingerprint(
+        base_model=base_model,
+        system_prompt=str(dataset.get("system_prompt") or ""),
+        conversations=dataset["conversations"],
+        seed=hp.seed,
+        max_seq_length=hp.max_seq_length,
+    )
+
+
+def _stored_hyperparameters(config: dict[str, Any]) -> Hyperparameters | None:
+    """What a finished job trained with (after any recovery), as `attempt.build_spec` reads it."""
+    try:
+        return Hyperparameters.model_validate(config.get("effective_hyperparameters") or config.get("hyperparameters"))
+    except ValueError:
+        return None
+
+
+async def regression_check(
+    session: AsyncSession,
+    settings: Settings,
+    job: TrainingJob,
+    spec: TrainingSpec,
+    payload: dict[str, Any],
+    version: int,
+) -> dict[str, Any]:
+    """Whether the new version is activated: not when its held-out loss is worse than the active
+    version's on the same held-out examples (`FASTBRAIN_REGRESSION_GATE`). Call with the skill row locked.
+
+    The answer goes into the `complete` event: `activated`, `not_activated_reason` (a sentence,
+    when not) and `regression_check` (`outcome`: disabled, no_active_version, not_comparable,
+    passed or regressed; `note` on why no comparison was made; the two losses and versions).
+    """
+    new_loss = payload.get("eval_loss_after")
+    new_examples = payload.get("eval_examples")
+    check: dict[str, Any] = {"eval_loss": new_loss, "eval_examples": new_examples}
+
+    def verdict(outcome: str, note: str | None = None, reason: str | None = None) -> dict[str, Any]:
+        return {
+            "activated": reason is None,
+            "not_activated_reason": reason,
+            "regression_check": {**check, "outcome": outcome, "note": note},
+        }
+
+    if not settings.regression_gate:
+        return verdict("disabled")
+    active = (
+        await session.execute(
+            select(
+                Adapter.id,
+                Adapter.version,
+                TrainingJob.id.label("job_id"),
+                TrainingJob.config,
+                TrainingJob.dataset,
+                TrainingJob.eval_loss_after,
+                TrainingJob.eval_examples,
+            )
+            .outerjoin(TrainingJob, TrainingJob.id == Adapter.training_job_id)
+            .where(Adapter.skill_id == job.skill_id, Adapter.is_active)
+        )
+    ).first()
+    if active is None:
+        return verdict("no_active_version")
+    check |= {
+        "active_adapter_id": str(active.id),
+        "active_version": active.version,
+        "active_eval_loss": active.eval_loss_after,
+    }
+    if active.job_id is None:
+        return verdict("not_comparable", f"v{active.version}'s training job no longer exists")
+    if new_loss is None or active.eval_loss_after is None:
+        return verdict("not_comparable", "a held-out loss is missing (under 10 examples hold none out)")
+    active_hp = _stored_hyperparameters(active.config or {})
+    ours = _fingerprint(spec.base_model, job.dataset or {}, spec.hyperparameters)
+    theirs = (
+        _fingerprint((active.config or {}).get("base_model"), active.dataset or {}, active_hp) if active_hp else None
+    )
+    held = len(regression.held_out_examples((job.dataset or {}).get("conversations") or [], spec.hyperparameters.seed))
+    if ours is None or ours != theirs or not new_examples == active.eval_examples == held:
+        return verdict(
+            "not_comparable",
+            f"not measured on the same held-out examples as v{active.version} "
+            "(the examples, system prompt, base model or training settings changed)",
+        )
+    if not regression.is_regression(new_loss, active.eval_loss_after):
+        return verdict("passed")
+    reason = regression.not_activated_message(
+        new_version=version,
+        new_loss=float(new_loss),
+        active_version=active.version,
+        active_loss=float(active.eval_loss_after),
+        examples=held,
+    )
+    return verdict("regressed", reason=reason)
+
+
 async def complete(
     ctx: WorkerContext,
     recorder: Recorder,
@@ -104,7 +204,7 @@ async def complete(
     staging = Path(spec.output_dir)
     hp = spec.hyperparameters
 
-    async def promote(session: AsyncSession) -> tuple[dict[str, Any], int, dict[str, Any]] | None:
+    async def promote(session: AsyncSession) -> tuple[list[dict[str, Any]], int, dict[str, Any]] | None:
         # The counter is bumped in this transaction (and the skill row locked with it):
         # versions are handed out once, whatever was deleted since.
         version = await session.scalar(
@@ -116,12 +216,14 @@ async def complete(
         if version is None:  # the skill (and with it the job) was deleted meanwhile
             return None
         target = store.version_dir(settings.adapters_dir, job.skill_id, version)
-        await session.execute(update(Adapter).where(Adapter.skill_id == job.skill_id).values(is_active=False))
+        gate = await regression_check(session, settings, job, spec, payload, version)
+        if gate["activated"]:
+            await session.execute(update(Adapter).where(Adapter.skill_id == job.skill_id).values(is_active=False))
         adapter = Adapter(
             skill_id=job.skill_id,
             training_job_id=job.id,
             version=version,
-            is_active=True,
+            is_active=gate["activated"],
             final_loss=payload.get("final_loss"),
             training_examples=len(spec.conversations),
             training_time_seconds=round(training_seconds),
@@ -135,6 +237,14 @@ async def complete(
         await session.flush()
         measured = {"device": device} | await _measurements(session, job.id, job, payload, wall_seconds)
         measured |= _eval_metrics(payload)
+        events = []
+        if not gate["activated"]:  # the sentence, in the log the Complete view shows, before the ending
+            note = await job_state.emit(
+                session, lease, {"type": "log", "level": "warning", "message": gate["not_activated_reason"]}
+            )
+            if note is None:
+                return None
+            events.append(note)
         event = await job_state.complete(
             session,
             lease,
@@ -148,6 +258,7 @@ async def complete(
                 "training_time_seconds": round(training_seconds, 1),
                 "wall_time_seconds": round(wall_seconds, 1),
                 **measured,
+                **gate,
             },
             final_loss=payload.get("final_loss"),
             initial_loss=func.coalesce(TrainingJob.initial_loss, payload.get("initial_loss")),
@@ -160,7 +271,7 @@ async def complete(
         # Files move last, just before the commit; `undo` moves them back if it fails.
         store.promote(staging, target)
         promoted.append(target)
-        return event, version, measured
+        return [*events, event], version, measured | {"activated": gate["activated"]}
 
     promoted: list[Path] = []
 
@@ -175,8 +286,8 @@ async def complete(
     except LeaseLost:
         store.remove(staging)  # this attempt's own staging directory; nobody else writes there
         raise
-    event, version, measured = result
-    await publish_quietly(ctx, event)
+    events, version, measured = result
+    await publish_quietly(ctx, events)
     store.remove(checkpoint_root(settings, job.skill_id, job.id))
     log.info(
         "training_completed",

@@ -52,6 +52,21 @@ class StatusPayload(_Payload):
     message: str | None = None
 
 
+class RegressionCheck(BaseModel):
+    """The regression gate's comparison of a new version with the active one, in the `complete` event."""
+
+    outcome: Literal["disabled", "no_active_version", "not_comparable", "passed", "regressed"] = Field(
+        description="disabled: FASTBRAIN_REGRESSION_GATE is off; no_active_version: nothing to compare with; "
+        "not_comparable: see `note`; passed: not worse, activated; regressed: worse, kept but not activated."
+    )
+    note: str | None = Field(None, description="Why no comparison was made (not_comparable).")
+    eval_loss: float | None = Field(None, description="The new version's held-out loss.")
+    eval_examples: int | None = Field(None, description="The held-out examples it was measured on.")
+    active_adapter_id: str | None = Field(None, description="The version that was active when this one completed.")
+    active_version: int | None = None
+    active_eval_loss: float | None = Field(None, description="Its held-out loss.")
+
+
 class CompletePayload(_Payload):
     """From the trainer: metrics; the worker adds adapter id, version, path and cost."""
 
@@ -64,6 +79,14 @@ class CompletePayload(_Payload):
     eval_loss_before: float | None = Field(None, description="Held-out loss of the base model, before training.")
     eval_loss_after: float | None = Field(None, description="Held-out loss with the trained adapter.")
     improvement_pct: float | None = Field(None, description="Held-out loss reduction, in percent of the base's.")
+    # The worker's (the regression gate, services/worker/completion.py `regression_check`):
+    activated: bool | None = Field(
+        None, description="Whether the new version became the skill's active adapter (false: the regression gate)."
+    )
+    not_activated_reason: str | None = Field(None, description="Why it was kept but not activated, in a sentence.")
+    regression_check: RegressionCheck | None = Field(
+        None, description="The comparison with the version that was active."
+    )
 
 
 class ErrorPayload(_Payload):

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.schemas.events import RegressionCheck
 from shared.schemas.text import NoNulStrings
 from shared.schemas.training import Preset, TrainingConfigRequest
 
@@ -123,6 +124,18 @@ class JobStatusOut(BaseModel):
     adapter_id: uuid.UUID | None
     training_examples: int | None = Field(
         None, description="The skill's examples when it trained, held-out ones included."
+    )
+    adapter_active: bool | None = Field(
+        None, description="Whether the job's adapter is the skill's active version now (None: no adapter)."
+    )
+    activated: bool | None = Field(
+        None,
+        description="Whether completion made the adapter the active version; false when the regression gate kept "
+        "it inactive (its held-out loss was worse than the active version's on the same held-out examples).",
+    )
+    not_activated_reason: str | None = Field(None, description="Why the adapter was kept but not activated.")
+    regression_check: RegressionCheck | None = Field(
+        None, description="The regression gate's comparison with the version that was active at completion."
     )
     created_at: datetime
     started_at: datetime | None

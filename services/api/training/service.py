@@ -323,8 +323,21 @@ async def job_status(
     progress_events = list(reversed(list(await session.scalars(latest))))
     metrics_total = await session.scalar(select(func.count()).select_from(TrainingLog).where(*is_progress)) or 0
     adapter = (
-        await session.execute(select(Adapter.id, Adapter.training_examples).where(Adapter.training_job_id == job_id))
+        await session.execute(
+            select(Adapter.id, Adapter.training_examples, Adapter.is_active).where(Adapter.training_job_id == job_id)
+        )
     ).first()
+    # What completion decided about activation (the regression gate) is in the `complete` event.
+    completed = (
+        await session.scalar(
+            select(TrainingLog.data)
+            .where(TrainingLog.job_id == job_id, TrainingLog.event_type == "complete")
+            .order_by(TrainingLog.seq.desc())
+            .limit(1)
+        )
+        if adapter
+        else None
+    ) or {}
     skill_name = await session.scalar(select(Skill.name).where(Skill.id == job.skill_id))
     return JobStatusOut(
         job_id=job.id,
@@ -361,6 +374,10 @@ async def job_status(
         attempt=job.attempt,
         adapter_id=adapter.id if adapter else None,
         training_examples=adapter.training_examples if adapter else None,
+        adapter_active=adapter.is_active if adapter else None,
+        activated=bool(completed.get("activated", True)) if adapter else None,  # before the gate: always
+        not_activated_reason=completed.get("not_activated_reason"),
+        regression_check=completed.get("regression_check"),
         created_at=job.created_at,
         started_at=job.started_at,
         completed_at=job.completed_at,
