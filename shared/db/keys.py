@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import TextClause, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import ApiKey, Workspace
@@ -101,8 +101,9 @@ async def create_key(session: AsyncSession, workspace_id: str, scope: Scope, nam
 
 # One round trip per request: find the live key and, at most once a minute, note its use
 # (a write per request would churn the row for a figure `keys list` shows to the minute).
-_AUTHENTICATE = text(
-    """
+def _live_key_query(match: str) -> TextClause:
+    return text(
+        f"""
     WITH k AS (
         SELECT id, workspace_id, scope, last_used_at FROM fb_api_keys
         WHERE {match} AND revoked_at IS NULL
@@ -112,12 +113,15 @@ _AUTHENTICATE = text(
     )
     SELECT id, workspace_id, scope FROM k
     """
-)
+    )
 
 
-async def _live_key(session: AsyncSession, match: str, value: object) -> Principal | None:
-    statement = text(str(_AUTHENTICATE.text).format(match=match)).bindparams(value=value)
-    row = (await session.execute(statement)).one_or_none()
+_BY_SECRET = _live_key_query("secret_hash = :value")
+_BY_ID = _live_key_query("id = :value")
+
+
+async def _live_key(session: AsyncSession, query: TextClause, value: object) -> Principal | None:
+    row = (await session.execute(query, {"value": value})).one_or_none()
     if row is None:
         return None
     return Principal(key_id=row.id, workspace_id=row.workspace_id, scope=Scope(row.scope))
@@ -127,12 +131,12 @@ async def authenticate(session: AsyncSession, secret: str) -> Principal | None:
     """The live key with this secret, or None (unknown, malformed or revoked: the caller can't tell which)."""
     if not looks_like_key(secret):
         return None
-    return await _live_key(session, "secret_hash = :value", hash_secret(secret))
+    return await _live_key(session, _BY_SECRET, hash_secret(secret))
 
 
 async def live_principal(session: AsyncSession, key_id: uuid.UUID) -> Principal | None:
     """The key with this id as it is now (a stream ticket's key may have been revoked since)."""
-    return await _live_key(session, "id = :value", key_id)
+    return await _live_key(session, _BY_ID, key_id)
 
 
 async def list_keys(session: AsyncSession, workspace_id: str | None = None) -> list[ApiKey]:

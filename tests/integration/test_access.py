@@ -14,7 +14,7 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -250,7 +250,7 @@ async def test_cli_keys_create_list_revoke(api_url: str, migrated: Settings) -> 
 
 
 @pytest.fixture(scope="module")
-def limited(migrated: Settings) -> AsyncIterator[Stack]:
+def limited(migrated: Settings) -> Iterator[Stack]:
     """An API with tiny limits and no worker (queued jobs stay queued)."""
     stack = Stack(
         "limited",

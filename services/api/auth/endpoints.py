@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, status
-from sqlalchemy import func, select
 
 from services.api.auth import tickets
 from services.api.auth.access import needs
 from services.api.deps import PrincipalDep, SessionDep, StateDep
+from services.api.training.service import active_job_count
 from shared.db import spend
 from shared.db.keys import Scope
-from shared.db.models import ACTIVE_JOB_STATUSES, TrainingJob
 from shared.schemas.access import Me, StreamTicket, WorkspaceBudget, WorkspaceLimits
 
 router = APIRouter(prefix="/api", tags=["access"])
@@ -19,21 +18,13 @@ router = APIRouter(prefix="/api", tags=["access"])
 @router.get("/me", summary="The calling key's workspace, scope, GPU budget and limits")
 async def me(principal: PrincipalDep, session: SessionDep, state: StateDep) -> Me:
     settings = state.settings
-    active = await session.scalar(
-        select(func.count()).select_from(TrainingJob).where(TrainingJob.status.in_(ACTIVE_JOB_STATUSES))
-    )
     budget = await spend.budget(session, principal.workspace_id)
     return Me(
         workspace_id=principal.workspace_id,
         scope=principal.scope.value,
         key_id=str(principal.key_id),
-        active_jobs=active or 0,
-        budget=WorkspaceBudget(
-            monthly_usd=budget.monthly_usd,
-            spent_usd=budget.spent_usd,
-            remaining_usd=budget.remaining_usd,
-            resets_at=budget.resets_at,
-        ),
+        active_jobs=await active_job_count(session),
+        budget=WorkspaceBudget.model_validate(budget, from_attributes=True),
         limits=WorkspaceLimits(
             requests_per_minute_per_key=settings.requests_per_minute_per_key,
             websockets_per_key=settings.websockets_per_key,
@@ -58,5 +49,5 @@ async def stream_ticket(principal: PrincipalDep, state: StateDep) -> StreamTicke
     return StreamTicket(
         ticket=ticket,
         expires_in=tickets.TTL_SECONDS,
-        protocols=[tickets.PROTOCOL, tickets.TICKET_PROTOCOL + ticket],
+        protocols=tickets.protocols(ticket),
     )

@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from services.api.deps import AppState
 
 TTL_SECONDS = 60
-__all__ = ["PROTOCOL", "TICKET_PROTOCOL", "TTL_SECONDS", "issue", "redeem"]
 
 
 def _redis_key(ticket: str) -> str:
@@ -33,6 +32,11 @@ async def issue(state: AppState, principal: Principal) -> str:
     ticket = secrets.token_urlsafe(32)
     await state.redis.set(_redis_key(ticket), str(principal.key_id), ex=TTL_SECONDS)
     return ticket
+
+
+def protocols(ticket: str) -> list[str]:
+    """The subprotocols a browser offers with `ticket`: `new WebSocket(url, protocols(ticket))`."""
+    return [PROTOCOL, TICKET_PROTOCOL + ticket]
 
 
 async def redeem(state: AppState, ticket: str) -> Principal | None:

@@ -139,17 +139,23 @@ def job_not_found(job_id: uuid.UUID) -> NotFound:
     return NotFound(f"Training job '{job_id}' not found.", details={"job_id": str(job_id)}, code="job_not_found")
 
 
+async def active_job_count(session: AsyncSession) -> int:
+    """Trainings pending, queued or running in the session's workspace."""
+    count = await session.scalar(
+        select(func.count()).select_from(TrainingJob).where(TrainingJob.status.in_(ACTIVE_JOB_STATUSES))
+    )
+    return count or 0
+
+
 async def _check_concurrency(session: AsyncSession, settings: Settings) -> str:
     """At most `max_concurrent_jobs_per_workspace` active trainings; the workspace row's lock
     (held to the commit) makes concurrent starts in one workspace take turns at this count."""
     workspace_id = tenancy.workspace_of(session)
     assert workspace_id is not None, "start_training runs in a scoped session"
     await session.execute(select(Workspace.id).where(Workspace.id == workspace_id).with_for_update())
-    active = await session.scalar(
-        select(func.count()).select_from(TrainingJob).where(TrainingJob.status.in_(ACTIVE_JOB_STATUSES))
-    )
+    active = await active_job_count(session)
     limit = settings.max_concurrent_jobs_per_workspace
-    if (active or 0) >= limit:
+    if active >= limit:
         raise TooManyRequests(
             f"Workspace '{workspace_id}' already has {active} trainings pending or running; at most {limit} may be.",
             details={"active_jobs": active, "limit": limit},
