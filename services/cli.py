@@ -3,6 +3,7 @@
 fastbrain dev                 API + worker (+ embedded PostgreSQL/Redis when unset), demo skill
 fastbrain api --host H --port P
 fastbrain worker
+fastbrain serve --host H --port P   the inference engine (base models once, adapters hot-swapped)
 fastbrain migrate [--revision R | --downgrade R]
 fastbrain skills import SKILL FILE [--api URL]   (to a running API; default $FASTBRAIN_API_URL or :8000)
 fastbrain keys create --workspace W --scope read|train|admin | keys list | keys revoke ID
@@ -35,6 +36,32 @@ def _api(args: argparse.Namespace) -> None:
         log_config=None,  # uvicorn's loggers propagate to ours, whose handler masks secrets (shared/logging.py)
         ws_ping_interval=WS_PING_INTERVAL_SECONDS,  # a silent WebSocket peer is dropped within 5 s
         ws_ping_timeout=WS_PING_TIMEOUT_SECONDS,
+    )
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from services.gpu.serving.server import EngineConfig, create_engine_app
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    config = EngineConfig(
+        models_dir=settings.models_dir,
+        adapters_dir=settings.adapters_dir,
+        device=settings.engine_device,
+        max_adapters=settings.engine_max_adapters,
+        max_active=settings.engine_max_active,
+        max_queue=settings.engine_max_queue,
+        preload=tuple(settings.prepare_models),
+    )
+    uvicorn.run(
+        create_engine_app(config),
+        host=args.host,
+        port=args.port,
+        log_level=settings.log_level.lower(),
+        log_config=None,
+        access_log=False,  # one line per token stream says nothing the API's log does not
     )
 
 
@@ -125,6 +152,11 @@ def main(argv: list[str] | None = None) -> None:
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
     api.set_defaults(handler=_api)
+
+    serve = sub.add_parser("serve", help="Run the inference engine the API's chat and /v1 routes use (internal).")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8100)
+    serve.set_defaults(handler=_serve)
 
     worker = sub.add_parser("worker", help="Run a training worker.")
     worker.set_defaults(handler=_worker)

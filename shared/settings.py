@@ -98,6 +98,20 @@ class Settings(BaseSettings):
         description="Keep a new adapter version inactive when its held-out loss is worse than the active version's "
         "on the same held-out examples (the job says why; activate it by hand if wanted). Off: always activate.",
     )
+    engine_url: str = Field(
+        "http://127.0.0.1:8100",
+        description="The inference engine (`fastbrain serve`) the API sends chats to; `fastbrain dev` starts one.",
+    )
+    engine_device: str | None = Field(None, description="Where the engine runs models: cpu, cuda, or unset for auto.")
+    engine_max_adapters: int = Field(
+        8, ge=1, description="Adapters the engine keeps loaded per base model (least recently used leave first)."
+    )
+    engine_max_active: int = Field(
+        8, ge=1, description="Generations the engine interleaves a token at a time; more wait in its queue."
+    )
+    engine_max_queue: int = Field(
+        64, ge=1, description="Requests waiting for the engine; past this a chat is refused with 503 and Retry-After."
+    )
     log_level: str = Field("INFO", description="structlog level.")
     log_json: bool = Field(False, description="JSON log lines instead of console lines.")
 

@@ -70,6 +70,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
         worker_health_seconds=1,
         job_timeout_seconds=900,
         generation_timeout_seconds=300,
+        engine_url=f"http://127.0.0.1:{free_port()}",  # the `serve` fixture starts it there, when a test asks
     )
 
 
@@ -83,6 +84,7 @@ def service_env(settings: Settings) -> dict[str, str]:
         "FASTBRAIN_QUEUE_NAME": settings.queue_name,
         "FASTBRAIN_WORKER_HEALTH_SECONDS": str(settings.worker_health_seconds),
         "FASTBRAIN_JOB_TIMEOUT_SECONDS": str(settings.job_timeout_seconds),
+        "FASTBRAIN_ENGINE_URL": settings.engine_url,
         "FASTBRAIN_LOG_LEVEL": "INFO",
     }
 
@@ -269,6 +271,26 @@ def api_url(migrated: Settings) -> Iterator[str]:
 def worker(migrated: Settings) -> Iterator[ServiceProcess]:
     process = ServiceProcess("worker", ["worker"], service_env(migrated))
     yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def serve(migrated: Settings) -> Iterator[str]:
+    """The inference engine (`fastbrain serve`) at `settings.engine_url`, where every API of the session looks."""
+    port = migrated.engine_url.rsplit(":", 1)[1]
+    process = ServiceProcess("serve", ["serve", "--host", "127.0.0.1", "--port", port], service_env(migrated))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.process.poll() is not None:
+            pytest.fail(f"the engine exited early:\n{process.tail()}")
+        try:
+            if httpx.get(f"{migrated.engine_url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        pytest.fail(f"the engine did not start:\n{process.tail()}")
+    yield migrated.engine_url
     process.stop()
 
 

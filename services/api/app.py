@@ -25,6 +25,8 @@ from services.api.deps import AppState, reject_nul_in_url
 from services.api.errors import Unavailable, install_error_handlers
 from services.api.limits import install_body_limit
 from services.api.security import CSP_HEADER, SecurityHeadersMiddleware, docs_csp
+from services.api.serving.endpoints import router as serving_router
+from services.api.serving.engine import EngineClient
 from services.api.skills.endpoints import router as skills_router
 from services.api.streams.endpoints import router as streams_router
 from services.api.system.endpoints import router as system_router
@@ -61,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Its own named connection: `CLIENT LIST` shows one `fastbrain-api-hub:<host>:<pid>` per API process.
         hub_redis = Redis.from_url(redis_url, client_name=hub_client_name())
         hub = EventHub(hub_redis, system_sessionmaker)  # streams only jobs the endpoint found in the workspace
+        engine_client = EngineClient(settings.engine_url, settings.generation_timeout_seconds)
         await hub.start()
         app.state.fastbrain = AppState(
             settings=settings,
@@ -69,10 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             redis=redis,
             hub=hub,
             limiter=create_limiter(redis_url),
+            engine=engine_client,
         )
         try:
             yield
         finally:
+            await engine_client.aclose()
             await hub.aclose()
             await hub_redis.aclose()
             await redis.aclose()
@@ -115,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         adapters_router,
         system_router,
         auth_router,
+        serving_router,
     )
     for router in routers:
         app.include_router(router)

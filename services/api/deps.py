@@ -4,7 +4,7 @@ commit succeeds."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
 from services.api.auth.access import principal_of
+from services.api.serving.engine import EngineClient
 from shared.db import tenancy
 from shared.db.keys import Principal
 from shared.event_hub import EventHub
@@ -32,6 +33,7 @@ class AppState:
     redis: ArqRedis
     hub: EventHub  # the process's one Redis subscription, shared by every WebSocket
     limiter: RateLimiter  # requests per minute per key, in Redis
+    engine: EngineClient  # the inference engine (`fastbrain serve`) behind chat and /v1
 
     def session(self, principal: Principal) -> AsyncSession:
         """A session of the caller's workspace, for a route that must not hold one for the whole request."""
@@ -46,10 +48,11 @@ class AfterCommit:
 
     jobs: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
-    callbacks: list[Callable[[], None]] = field(default_factory=list)
+    callbacks: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
 
-    def call(self, callback: Callable[[], None]) -> None:
-        """Run `callback` after the commit (e.g. remove files whose rows are gone)."""
+    def call(self, callback: Callable[[], Awaitable[None] | None]) -> None:
+        """Run `callback` (a function or a coroutine function) after the commit (e.g. remove files whose rows
+        are gone)."""
         self.callbacks.append(callback)
 
     def enqueue(self, function: str, *args: Any, **kwargs: Any) -> None:
@@ -60,7 +63,9 @@ class AfterCommit:
 
     async def flush(self, state: AppState) -> None:
         for callback in self.callbacks:
-            callback()
+            result = callback()
+            if result is not None:
+                await result
         for function, args, kwargs in self.jobs:
             await state.redis.enqueue_job(function, *args, _queue_name=state.settings.queue_name, **kwargs)
         await publish(state.redis, self.events)

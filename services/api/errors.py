@@ -1,10 +1,14 @@
 """Domain exceptions with a status code, mapped to the one JSON error shape:
 
 {"error": {"code", "message", "details", "suggestions"}}
+
+except under `/v1/` (the OpenAI-compatible routes), where the same errors take OpenAI's
+shape, `{"error": {"message", "type", "param", "code"}}`, so its SDKs read them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -88,6 +92,25 @@ def error_body(
     return {"error": {"code": code, "message": message, "details": details or {}, "suggestions": suggestions or []}}
 
 
+OPENAI_PREFIX = "/v1/"
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def openai_error(status: int, code: str, message: str, param: str | None = None) -> dict[str, Any]:
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(
+    path: str, status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """`body` (from `error_body`) as the response, in OpenAI's shape on the `/v1/` routes."""
+    if path.startswith(OPENAI_PREFIX):
+        error = body["error"]
+        body = openai_error(status, error["code"], error["message"], error["details"].get("param"))
+    return JSONResponse(body, status, headers=headers)
+
+
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path")]
     return ".".join(parts) or "body"
@@ -114,25 +137,26 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(connection, WebSocket):
             await refuse_websocket(connection, exc)
             return None
-        return JSONResponse(
-            error_body(exc.code, exc.message, exc.details, exc.suggestions), exc.status_code, headers=exc.headers
-        )
+        body = error_body(exc.code, exc.message, exc.details, exc.suggestions)
+        return error_response(connection.url.path, exc.status_code, body, exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
             {"field": _field(e.get("loc", ())), "message": e.get("msg"), "type": e.get("type")} for e in exc.errors()
         ]
-        return JSONResponse(
-            error_body("validation_error", validation_message(list(exc.errors())), {"errors": errors}), 422
-        )
+        details: dict[str, Any] = {"errors": errors, "param": errors[0]["field"] if errors else None}
+        body = error_body("validation_error", validation_message(list(exc.errors())), details)
+        # OpenAI answers a bad parameter with 400; the rest of this API with 422, as FastAPI does.
+        status = 400 if request.url.path.startswith(OPENAI_PREFIX) else 422
+        return error_response(request.url.path, status, body)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, str(exc.detail)), exc.status_code, headers=exc.headers)
+        return error_response(request.url.path, exc.status_code, error_body(code, str(exc.detail)), exc.headers)
 
     @app.exception_handler(Exception)
-    async def _unhandled(_: Request, exc: Exception) -> JSONResponse:
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled_error", error=str(exc))
-        return JSONResponse(error_body("internal_error", "An unexpected error occurred."), 500)
+        return error_response(request.url.path, 500, error_body("internal_error", "An unexpected error occurred."))

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.api.errors import error_body
+from services.api.errors import error_body, error_response
 
 CODE = "payload_too_large"
 
@@ -61,7 +61,7 @@ class BodySizeLimit:
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
             await discard_body(receive, self.max_bytes)
-            await self._reject(send, declared)
+            await self._reject(scope, send, declared)
             return
 
         limit = self.max_bytes
@@ -90,10 +90,10 @@ class BodySizeLimit:
         except BodyTooLarge:  # raised where no handler turned it into a response
             if started:
                 raise
-            await self._reject(send, declared)
+            await self._reject(scope, send, declared)
 
-    async def _reject(self, send: Send, declared: int | None) -> None:
-        response = JSONResponse(too_large_body(self.max_bytes, declared), 413)
+    async def _reject(self, scope: Scope, send: Send, declared: int | None) -> None:
+        response = error_response(scope["path"], 413, too_large_body(self.max_bytes, declared))
         await response({"type": "http"}, _no_body, send)
 
 
@@ -131,9 +131,9 @@ def _content_length(scope: Scope) -> int | None:
 def install_body_limit(app: FastAPI, max_bytes: int) -> None:
     """The middleware, and a handler so a `BodyTooLarge` raised inside the app answers in the error shape."""
 
-    async def _too_large(_: Request, exc: Exception) -> JSONResponse:
+    async def _too_large(request: Request, exc: Exception) -> JSONResponse:
         limit = exc.limit if isinstance(exc, BodyTooLarge) else max_bytes
-        return JSONResponse(too_large_body(limit), 413)
+        return error_response(request.url.path, 413, too_large_body(limit))
 
     app.add_exception_handler(BodyTooLarge, _too_large)
     app.add_middleware(BodySizeLimit, max_bytes=max_bytes)

@@ -1,8 +1,8 @@
 """`fastbrain dev`: everything a user needs, in one process tree.
 
 Starts embedded PostgreSQL and Redis when no URLs are configured, migrates,
-loads the demo skill, then runs the API and one worker as child processes and
-stops all of it cleanly on Ctrl-C.
+loads the demo skill, then runs the API, one worker and the inference engine as
+child processes and stops all of it cleanly on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from urllib.parse import urlsplit
 from pathlib import Path
 
 from services.admin.commands import write_dev_env
@@ -135,8 +136,11 @@ def run_dev(host: str = "127.0.0.1", port: int = 8000, demo: bool = True) -> Non
     }
     cli = [sys.executable, "-m", "services.cli"]
     cwd = str(Path(__file__).resolve().parents[2])
+    engine = urlsplit(settings.engine_url)
+    engine_args = ["serve", "--host", engine.hostname or "127.0.0.1", "--port", str(engine.port or 8100)]
     processes = [
         subprocess.Popen([*cli, "worker"], env=env, cwd=cwd),
+        subprocess.Popen([*cli, *engine_args], env=env, cwd=cwd),
         subprocess.Popen([*cli, "api", "--host", host, "--port", str(port)], env=env, cwd=cwd),
     ]
     # Ctrl-C reaches the whole foreground group; we still stop children
@@ -154,6 +158,7 @@ def run_dev(host: str = "127.0.0.1", port: int = 8000, demo: bool = True) -> Non
             f"\nFast Brain is running: {url}\n"
             f"  Dashboard (logs you in): {url}/#key={admin_key}\n"
             f"  API docs: {url}/docs\n"
+            f"  OpenAI-compatible chat: base_url={url}/v1, api_key=the key above (model: a skill id)\n"
             f'  Train the demo skill: curl -X POST -H "Authorization: Bearer $(cat {key_file})" '
             f"{url}/api/train-skill/molasses-master-expert\n"
             "Press Ctrl-C to stop.\n",

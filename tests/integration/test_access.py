@@ -49,6 +49,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/api/skills/{skill_id}"): {"name": "renamed"},
     ("POST", "/api/skills/{skill_id}/examples"): {"conversations": [CONVERSATION]},
     ("POST", "/api/test-adapter/{skill_id}"): {"prompt": "Hello?", "max_new_tokens": 4},
+    ("POST", "/v1/chat/completions"): {"model": "{skill_id}", "messages": [{"role": "user", "content": "Hi"}]},
 }
 MULTIPART: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/skills/{skill_id}/examples/import"): {"file": ("x.jsonl", b'{"messages": []}\n')},
@@ -69,7 +70,9 @@ class Tenant:
     key_b: str
 
     def path(self, template: str) -> str:
-        return template.format(skill_id=self.skill_id, job_id=self.job_id, adapter_id=self.adapter_id)
+        return template.format(
+            skill_id=self.skill_id, job_id=self.job_id, adapter_id=self.adapter_id, model=self.skill_id
+        )
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +113,8 @@ async def tenant(engine: AsyncEngine, tmp_path_factory: pytest.TempPathFactory) 
 async def _call(http: httpx.AsyncClient, method: str, template: str, tenant: Tenant, key: str | None) -> httpx.Response:
     headers = auth(key) if key else {}
     body = BODIES.get((method, template))
+    if body is not None:  # a body may name the tenant's skill, as a path does
+        body = json.loads(json.dumps(body).replace("{skill_id}", tenant.skill_id))
     files = MULTIPART.get((method, template))
     return await http.request(method, tenant.path(template), json=body, files=files, headers=headers)
 

@@ -17,7 +17,10 @@ SKILL = {
 def assert_error_shape(response: httpx.Response, status: int, code: str | None = None) -> dict[str, object]:
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert set(error) == {"code", "message", "details", "suggestions"}
+    if response.request.url.path.startswith("/v1/"):  # the OpenAI-compatible routes answer in OpenAI's shape
+        assert set(error) == {"message", "type", "param", "code"}
+    else:
+        assert set(error) == {"code", "message", "details", "suggestions"}
     assert error["message"]
     if code:
         assert error["code"] == code

@@ -48,7 +48,7 @@ def ws_url(api_url: str, job_id: str) -> str:
 
 
 async def test_train_stream_and_chat(
-    client: httpx.AsyncClient, api_url: str, worker: ServiceProcess, migrated: Settings
+    client: httpx.AsyncClient, api_url: str, worker: ServiceProcess, serve: str, migrated: Settings
 ) -> None:
     await create_skill(client, SKILL_ID)
     posted_at = time.monotonic()

@@ -6,7 +6,6 @@ import asyncio
 import uuid
 from pathlib import Path
 
-from arq.jobs import Job
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -15,19 +14,21 @@ from starlette.background import BackgroundTask
 from services.api.adapters import export, service
 from services.api.auth.access import needs
 from services.api.deps import AfterCommitDep, PrincipalDep, SessionDep, StateDep
-from services.api.errors import ApiError, Conflict, GatewayTimeout, NotFound, Unavailable
+from services.api.errors import Conflict, NotFound
+from services.api.serving import service as serving
+from services.api.serving.models import Target
 from services.api.skills.service import get_skill
 from shared.db.keys import Scope
 from shared.db.models import Adapter
 from shared.rules import tasks
 from shared.schemas.jobs import AdapterList, AdapterOut, Deleted, TestAdapterRequest, TestAdapterResponse
+from shared.schemas.serving import AdapterRef, ChatMessage, Sampling
 
 router = APIRouter(prefix="/api", tags=["adapters"])
 
 
-class GenerationFailed(ApiError):
-    status_code = 502
-    code = "generation_failed"
+# The repetition penalty test chats have always used: tiny models loop without it.
+REPETITION_PENALTY = 1.1
 
 
 async def _chosen_adapter(session: AsyncSession, skill_id: str, adapter_id: uuid.UUID | None) -> Adapter:
@@ -110,9 +111,12 @@ async def export_adapter(adapter_id: uuid.UUID, session: SessionDep) -> FileResp
     description="Removes the row and the adapter's files; for an adapter trained on Modal, a worker also "
     "removes its copy from the Volume.",
 )
-async def delete_adapter(adapter_id: uuid.UUID, session: SessionDep, after_commit: AfterCommitDep) -> Deleted:
+async def delete_adapter(
+    adapter_id: uuid.UUID, session: SessionDep, after_commit: AfterCommitDep, state: StateDep
+) -> Deleted:
     path, remote_ref = await service.delete(session, adapter_id)
     after_commit.call(lambda: service.remove_files(path))
+    after_commit.call(lambda: state.engine.evict(str(adapter_id)))  # its memory on the engine, at once
     if remote_ref:  # trained on Modal: its Volume copy goes too, through a worker
         after_commit.enqueue(tasks.DELETE_REMOTE_ADAPTER, remote_ref)
     return Deleted(message="Adapter deleted")
@@ -126,36 +130,26 @@ async def delete_adapter(adapter_id: uuid.UUID, session: SessionDep, after_commi
 async def test_adapter(
     skill_id: str, body: TestAdapterRequest, state: StateDep, principal: PrincipalDep
 ) -> TestAdapterResponse:
-    """Generates with the skill's active adapter (or `adapter_id`) and its system
-    prompt, through the same chat template the adapter was trained with. Runs on
-    a worker (the API never loads models)."""
+    """One deterministic answer (greedy, a mild repetition penalty) from the skill's active
+    adapter (or `adapter_id`) with its system prompt, rendered with the chat template the
+    adapter was trained with. Served by the inference engine, as `/v1/chat/completions` is;
+    use that for streamed tokens and multi-turn chats."""
     # A short read-only session: no connection is held while the model generates.
     async with state.session(principal) as session:
         skill = await get_skill(session, skill_id)
         adapter = await _chosen_adapter(session, skill_id, body.adapter_id)
-    request = {
-        "base_model": adapter.base_model,
-        "adapter_dir": adapter.storage_path,
-        "system_prompt": skill.system_prompt,
-        "prompt": body.prompt,
-        "max_new_tokens": body.max_new_tokens,
-    }
-    job: Job | None = await state.redis.enqueue_job(tasks.GENERATE, request, _queue_name=state.settings.queue_name)
-    if job is None:  # arq returns None only for a duplicate job id, which we never reuse
-        raise Unavailable("Could not queue the generation.")
-    try:
-        result = await job.result(timeout=state.settings.generation_timeout_seconds, poll_delay=0.1)
-    except TimeoutError as exc:
-        await job.abort(timeout=0)
-        raise GatewayTimeout(
-            "The adapter did not answer in time.",
-            suggestions=["Check that a worker is running (GET /api/health).", "Try a shorter max_new_tokens."],
-        ) from exc
-    except Exception as exc:  # the worker's exception, re-raised by arq
-        raise GenerationFailed(f"Generation failed: {type(exc).__name__}: {exc}") from exc
+    target = Target(
+        name=skill_id,
+        base_model=adapter.base_model or "",
+        adapter=AdapterRef(name=str(adapter.id), path=adapter.storage_path),
+        system_prompt=skill.system_prompt,
+    )
+    sampling = Sampling(max_tokens=body.max_new_tokens, temperature=0.0, repetition_penalty=REPETITION_PENALTY)
+    messages = [ChatMessage(role="user", content=body.prompt)]
+    answer = await serving.complete(state.engine, serving.engine_request(target, messages, sampling))
     return TestAdapterResponse(
-        response=result["response"],
-        generation_time_ms=result["generation_time_ms"],
+        response=answer.text.strip(),
+        generation_time_ms=round(answer.seconds * 1000),
         adapter_id=adapter.id,
         adapter_version=adapter.version,
     )

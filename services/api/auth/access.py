@@ -21,13 +21,12 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
 from starlette.requests import HTTPConnection
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Send
 from starlette.types import Scope as AsgiScope
 
 from services.api.auth import rate, tickets
 from services.api.auth.protocol import offered_ticket
-from services.api.errors import Forbidden, Unauthorized, error_body
+from services.api.errors import Forbidden, Unauthorized, error_body, error_response
 from services.api.limits import discard_body
 from shared.db.keys import Principal, Scope, authenticate
 
@@ -147,7 +146,7 @@ class CredentialsBeforeBody:
             return
         await discard_body(receive, self.max_bytes)  # bounded, so the client is still listening for the answer
         body = error_body("unauthorized", "A valid API key is required.", suggestions=LOGIN_HINTS)
-        await JSONResponse(body, 401, headers=WWW_AUTHENTICATE)(scope, receive, send)
+        await error_response(scope["path"], 401, body, WWW_AUTHENTICATE)(scope, receive, send)
 
 
 def principal_of(connection: HTTPConnection) -> Principal:

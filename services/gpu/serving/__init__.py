@@ -1,0 +1,1 @@
+"""The inference engine: base models loaded once, adapters hot-swapped per request, tokens streamed."""
