@@ -54,6 +54,8 @@ def _serve(args: argparse.Namespace) -> None:
         max_active=settings.engine_max_active,
         max_queue=settings.engine_max_queue,
         preload=tuple(settings.prepare_models),
+        backend=settings.serve_backend,
+        modal_app_name=settings.modal_app_name,
     )
     uvicorn.run(
         create_engine_app(config),

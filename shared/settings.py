@@ -102,6 +102,11 @@ class Settings(BaseSettings):
         "http://127.0.0.1:8100",
         description="The inference engine (`fastbrain serve`) the API sends chats to; `fastbrain dev` starts one.",
     )
+    serve_backend: Literal["local", "modal"] = Field(
+        "local",
+        description="Where the engine runs models: `local` (in `fastbrain serve`) or `modal` (the deployed Modal "
+        "class's `chat`, the same engine on a GPU).",
+    )
     engine_device: str | None = Field(None, description="Where the engine runs models: cpu, cuda, or unset for auto.")
     engine_max_adapters: int = Field(
         8, ge=1, description="Adapters the engine keeps loaded per base model (least recently used leave first)."

@@ -14,8 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from urllib.parse import urlsplit
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from services.admin.commands import write_dev_env
 from services.dev.embedded import start_embedded

@@ -13,15 +13,16 @@ import threading
 
 _lock = threading.Lock()
 _ready = False
-# Every transformers name the threaded paths (reports, inference) use.
+# Every transformers name the threaded paths (reports, the inference engine) use.
 NAMES = (
     "AutoModel",
     "AutoModelForCausalLM",
     "AutoTokenizer",
     "PreTrainedTokenizerBase",
-    "StoppingCriteria",
-    "StoppingCriteriaList",
-    "TextIteratorStreamer",
+    "LogitsProcessorList",
+    "RepetitionPenaltyLogitsProcessor",
+    "TemperatureLogitsWarper",
+    "TopPLogitsWarper",
 )
 
 

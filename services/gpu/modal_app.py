@@ -7,7 +7,7 @@ you deploy (`FASTBRAIN_MODAL_APP_NAME`, `_MODAL_GPU`, `_MODAL_VOLUME`, `_MODAL_S
 `_MODAL_TIMEOUT_SECONDS`) and baked into the image's environment, so the container sees the same.
 
 Adapters: the remote `train` writes the adapter to the Volume under
-`{skill_id}/jobs/{job_id}-a{attempt}/` (the Volume's own copy, used by `test_adapter`) and then
+`{skill_id}/jobs/{job_id}-a{attempt}/` (the Volume's own copy, which `chat` serves) and then
 streams the same files back as `adapter_file` events before `complete`. The worker writes them into
 its usual staging directory, so promoting to `adapters/{skill_id}/v{n}/`, the adapter rows, the
 API's list/activate/delete and local inspection work exactly as for the local backend.
@@ -144,7 +144,7 @@ TRAINER_OPTIONS: dict[str, Any] = {
 
 @app.cls(**TRAINER_OPTIONS)
 class SkillTrainer:
-    """One GPU container: a base model loaded at start, then trainings and test chats."""
+    """One GPU container: a base model loaded at start, then trainings and chats (the inference engine)."""
 
     @modal.enter()
     def load(self) -> None:
@@ -235,28 +235,45 @@ class SkillTrainer:
             yield {"type": "error", **describe(exc), "gpu_seconds": gpu_seconds()}
 
     @modal.method()
-    def test_adapter(self, request: dict[str, Any]) -> str:
-        """One answer from base model + adapter (by `adapter_ref` on the Volume, or `adapter_files` sent along)."""
-        from services.gpu import inference
+    def chat(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The inference engine of `fastbrain serve` (services/gpu/serving), run in this container.
 
-        adapter_dir: Path | None = None
-        if request.get("adapter_ref"):
-            adapter_dir = _resolve_ref(str(request["adapter_ref"]))
-            files: dict[str, bytes] = request.get("adapter_files") or {}
-            if files and not (adapter_dir / inference.ADAPTER_WEIGHTS).is_file():
+        `request` is a `GenerateRequest` whose adapter is found on the Volume by its `remote_ref`;
+        `adapter_files` ({name: bytes}) come along when the Volume may not have it (trained
+        locally, or removed there) and are written there once. Yields the engine's events as
+        dicts; the base model stays loaded and adapters stay resident between calls.
+        """
+        from services.gpu.serving.residency import ADAPTER_WEIGHTS
+        from shared.schemas.serving import ErrorEvent, GenerateRequest
+
+        files: dict[str, bytes] = request.pop("adapter_files", None) or {}
+        adapter = request.get("adapter")
+        if adapter:
+            if not adapter.get("remote_ref"):
+                yield ErrorEvent(status=400, code="adapter_not_on_volume", message="no remote_ref").model_dump()
+                return
+            adapter_dir = _resolve_ref(str(adapter["remote_ref"]))
+            if files and not (adapter_dir / ADAPTER_WEIGHTS).is_file():
                 adapter_dir.mkdir(parents=True, exist_ok=True)
                 for name, data in files.items():
                     (adapter_dir / Path(name).name).write_bytes(data)
                 _commit()
             _reload()
-        return inference.generate(
-            models_dir=self._models_dir(),
-            base_model=request["base_model"],
-            adapter_dir=adapter_dir,
-            system_prompt=request["system_prompt"],
-            prompt=request["prompt"],
-            max_new_tokens=int(request.get("max_new_tokens", 128)),
-        )
+            request = {**request, "adapter": {**adapter, "path": str(adapter_dir)}}
+        for event in self._engine().run(GenerateRequest.model_validate(request)):
+            yield event.model_dump()
+
+    def _engine(self) -> Any:
+        """This container's engine, built on first use: the base models once, adapters LRU-resident."""
+        engine = getattr(self, "engine", None)
+        if engine is None:
+            from services.gpu.serving.residency import Residency
+            from services.gpu.serving.scheduler import Scheduler
+
+            residency = Residency(self._models_dir(), None, max_adapters=8, adapters_root=volume_root())
+            engine = self.engine = Scheduler(residency, max_waiting=64, max_active=8)
+            engine.start()
+        return engine
 
     @modal.method()
     def list_adapters(self, skill_id: str | None = None) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from services.worker.backends import create_backend
 from services.worker.backends.base import GpuBackend
 from services.worker.context import WorkerContext
 from services.worker.reaper import reap_stale_jobs
-from services.worker.tasks import data_report, delete_remote_adapter, generate
+from services.worker.tasks import data_report, delete_remote_adapter
 from shared.db.engine import create_engine, create_sessionmaker
 from shared.queue import redis_settings
 from shared.rules import tasks
@@ -79,7 +79,6 @@ def build_worker(
                 name=tasks.RUN_TRAINING,
                 timeout=settings.job_timeout_seconds + ARQ_TIMEOUT_MARGIN_SECONDS,
             ),
-            func(cast(Any, generate), name=tasks.GENERATE, timeout=settings.generation_timeout_seconds),
             func(cast(Any, data_report), name=tasks.DATA_REPORT, timeout=settings.generation_timeout_seconds),
             func(cast(Any, delete_remote_adapter), name=tasks.DELETE_REMOTE_ADAPTER, timeout=120),
         ],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import structlog
@@ -11,13 +10,6 @@ import structlog
 from services.worker.context import WorkerContext
 
 log = structlog.get_logger(__name__)
-
-
-async def generate(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, Any]:
-    """Answer a test-adapter prompt with a base model plus adapter."""
-    started = time.perf_counter()
-    response = await ctx["backend"].generate(request)
-    return {"response": response, "generation_time_ms": round((time.perf_counter() - started) * 1000)}
 
 
 async def data_report(ctx: WorkerContext, request: dict[str, Any]) -> dict[str, Any]:

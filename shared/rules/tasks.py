@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 RUN_TRAINING = "run_training"
-GENERATE = "generate"
 DATA_REPORT = "data_report"
 DELETE_REMOTE_ADAPTER = "delete_remote_adapter"
 REAP_STALE_JOBS = "reap_stale_jobs"

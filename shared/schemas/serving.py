@@ -30,6 +30,9 @@ class AdapterRef(BaseModel):
 
     name: str = Field(min_length=1, max_length=200)
     path: str = Field(min_length=1, description="The adapter folder (adapters/{skill}/v{n}) under the data dir.")
+    remote_ref: str | None = Field(
+        None, description="Its copy on the Modal Volume (`{skill}/jobs/{job}-a{n}`), when it trained on Modal."
+    )
 
 
 class Sampling(BaseModel):

@@ -138,7 +138,7 @@ async def test_every_route_needs_a_key_the_scope_and_the_workspace(
                 await _call(http, method, template, tenant, tenant.keys_a[SMALLER[needed]]), 403, "insufficient_scope"
             )
             assert error["details"] == {"required_scope": needed.value, "key_scope": SMALLER[needed].value}
-        if "{" in template:
+        if "{" in template or "{skill_id}" in json.dumps(BODIES.get((method, template))):  # names A's rows
             response = await _call(http, method, template, tenant, tenant.key_b)
             assert_error_shape(response, 404)
         else:

@@ -29,12 +29,16 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.gpu import modal_app
+from services.gpu.serving.remote import ModalEngine
+from services.gpu.serving.residency import Residency
+from services.gpu.serving.scheduler import Scheduler
 from services.worker.attempt import run_training
 from services.worker.backends.local import LocalBackend
 from services.worker.backends.modal import ModalBackend
 from services.worker.context import WorkerContext
 from services.worker.tasks import delete_remote_adapter
 from shared.db.models import Adapter, TrainingJob
+from shared.schemas.serving import AdapterRef, ChatMessage, GenerateRequest, Sampling
 from shared.schemas.training import Hyperparameters, TrainingSpec, Turn
 from shared.settings import Settings
 from tests.conftest import Stack, demo_conversations
@@ -103,7 +107,7 @@ class LocalTrainer:
     def __init__(self) -> None:
         self.obj = modal_app.SkillTrainer()
         self.train = _LocalGen(self.obj.train)
-        self.test_adapter = _LocalCall(self.obj.test_adapter)
+        self.chat = _LocalGen(self.obj.chat)
         self.list_adapters = _LocalCall(self.obj.list_adapters)
         self.delete_adapter = _LocalCall(self.obj.delete_adapter)
 
@@ -181,33 +185,41 @@ async def test_modal_backend_emits_the_local_events_and_the_same_adapter(
     for key in modal_weights:
         torch.testing.assert_close(modal_weights[key], local_weights[key], rtol=1e-4, atol=1e-5)
 
-    # The Modal class's adapter methods see it; test_adapter answers with it, through the backend.
+    # The Modal class's adapter methods see it, and its engine chats with it: the answer `fastbrain serve`
+    # relays with FASTBRAIN_SERVE_BACKEND=modal equals the local engine's (same weights, same greedy decoding).
     trainer = LocalTrainer()
     listed = await trainer.list_adapters.aio("modal-skill")
     assert [a["ref"] for a in listed] == [complete["adapter_ref"]]
-    answer = await modal_backend.generate(
-        {
-            "base_model": "tiny-random",
-            "adapter_dir": str(staging),
-            "system_prompt": "You are terse.",
-            "prompt": "Hello?",
-            "max_new_tokens": 4,
-        }
+    request = GenerateRequest(
+        base_model="tiny-random",
+        adapter=AdapterRef(name="modal-v1", path=str(staging), remote_ref=complete["adapter_ref"]),
+        messages=[ChatMessage(role="system", content="You are terse."), ChatMessage(role="user", content="Hello?")],
+        sampling=Sampling(max_tokens=8, temperature=0),
+        queue_key="modal-v1",
     )
-    assert isinstance(answer, str)
-    # Removed from the Volume: test_adapter uploads the worker's copy once and still answers.
+    remote = ModalEngine(lambda: trainer)
+    answer = await _answer(remote.events(request))
+    local = Scheduler(Residency(settings.models_dir, "cpu", max_adapters=2), max_waiting=4, max_active=1)
+    local.start()
+    try:
+        assert answer == "".join(e.text for e in local.run(request) if e.type == "delta")
+    finally:
+        local.stop()
+    # Removed from the Volume: the engine sends the local copy along once, and still answers the same.
     assert await trainer.delete_adapter.aio(complete["adapter_ref"]) is True
     assert not on_volume.exists()
-    again = await modal_backend.generate(
-        {
-            "base_model": "tiny-random",
-            "adapter_dir": str(staging),
-            "system_prompt": "You are terse.",
-            "prompt": "Hello?",
-            "max_new_tokens": 4,
-        }
-    )
-    assert again == answer and (on_volume / "adapter_model.safetensors").is_file()
+    fresh = LocalTrainer()  # a new container: nothing resident
+    assert await _answer(ModalEngine(lambda: fresh).events(request)) == answer
+    assert (on_volume / "adapter_model.safetensors").is_file()
+
+
+async def _answer(events: Any) -> str:
+    pieces = []
+    async for event in events:
+        assert event.type != "error", event
+        if event.type == "delta":
+            pieces.append(event.text)
+    return "".join(pieces)
 
 
 async def test_gpu_catalog_model_is_refused_on_cpu_through_modal(

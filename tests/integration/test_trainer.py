@@ -167,32 +167,43 @@ def test_tiny_random_adapter_files_and_metadata(tiny_run: Run) -> None:
     assert [h["step"] for h in metrics["loss_history"]] == [1, 2, 3, 4]
 
 
+def _chat(base_model: str, adapter_dir: Path, system: str, prompt: str, max_tokens: int) -> str:
+    """The adapter's greedy answer through the inference engine (services/gpu/serving), as the API serves it."""
+    from services.gpu.serving.residency import Residency
+    from services.gpu.serving.scheduler import Scheduler
+    from shared.schemas.serving import AdapterRef, ChatMessage, GenerateRequest, Sampling
+
+    engine = Scheduler(Residency(models_dir(), "cpu", max_adapters=1), max_waiting=1, max_active=1)
+    engine.start()
+    request = GenerateRequest(
+        base_model=base_model,
+        adapter=AdapterRef(name="trained", path=str(adapter_dir)),
+        messages=[ChatMessage(role="system", content=system), ChatMessage(role="user", content=prompt)],
+        sampling=Sampling(max_tokens=max_tokens, temperature=0),
+        queue_key="trained",
+    )
+    try:
+        events = list(engine.run(request))
+    finally:
+        engine.stop()
+    assert events[-1].type == "done", events[-1]
+    return "".join(e.text for e in events if e.type == "delta")
+
+
 def test_tiny_random_adapter_loads_with_peft_and_generates(tiny_run: Run) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from services.gpu import inference
-
     base = AutoModelForCausalLM.from_pretrained(models_dir() / "tiny-random")
     model = PeftModel.from_pretrained(base, tiny_run.output_dir)
     assert model.active_adapter == "default"
-
-    answer = inference.generate(
-        models_dir(), "tiny-random", tiny_run.output_dir, "You are Bob.", "Hi!", max_new_tokens=8
-    )
+    answer = _chat("tiny-random", tiny_run.output_dir, "You are Bob.", "Hi!", 8)
     assert isinstance(answer, str)
-    again = inference.generate(
-        models_dir(), "tiny-random", tiny_run.output_dir, "You are Bob.", "Hi!", max_new_tokens=8
-    )
-    assert again == answer  # deterministic decoding, cached model
-    pieces = list(inference.iter_generate(models_dir(), "tiny-random", tiny_run.output_dir, "You are Bob.", "Hi!", 8))
-    assert "".join(pieces).strip() == answer
+    assert _chat("tiny-random", tiny_run.output_dir, "You are Bob.", "Hi!", 8) == answer  # greedy: deterministic
 
 
 @pytest.mark.slow
 def test_smollm2_trains_two_steps_and_chats(tmp_path: Path) -> None:
-    from services.gpu import inference
-
     spec = make_spec(
         tmp_path,
         base_model="smollm2-135m-instruct",
@@ -209,13 +220,12 @@ def test_smollm2_trains_two_steps_and_chats(tmp_path: Path) -> None:
     assert isinstance(run.payloads[-1], CompletePayload)
     assert (run.output_dir / "adapter_model.safetensors").is_file()
 
-    answer = inference.generate(
-        models_dir(),
+    answer = _chat(
         "smollm2-135m-instruct",
         run.output_dir,
         "You are Bob, a friendly plumber. Answer briefly.",
         "How much is a visit?",
-        max_new_tokens=24,
+        24,
     )
     assert isinstance(answer, str) and answer.strip()
     print(

@@ -238,12 +238,7 @@ def test_template_check_catches_an_answer_cut_by_max_seq_length(tokenizer: Any) 
 
 
 def test_inference_prompt_is_the_training_prefix(tokenizer: Any) -> None:
-    """Test-chat renders with the very template training used: its prompt is the text before the answer."""
-    import inspect
-
-    from services.gpu import inference
-
-    assert "from services.gpu.data import render_prompt" in inspect.getsource(inference)
+    """Chat renders with the very template training used: its prompt is the text before the answer."""
     system, turn = "You are Bob.", GOOD[0]
     training_text = tokenizer.apply_chat_template(templates.build_messages(system, [turn]), tokenize=False)
     prompt = data.render_prompt(tokenizer, system, turn.user)

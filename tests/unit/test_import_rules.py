@@ -77,5 +77,5 @@ def test_api_never_imports_ml_libraries() -> None:
 
 
 def test_gpu_entry_points_load_no_sqlalchemy() -> None:
-    loaded = _loaded_after("import services.gpu.trainer, services.gpu.inference")
+    loaded = _loaded_after("import services.gpu.trainer, services.gpu.serving.server")
     assert "sqlalchemy" not in loaded

@@ -70,12 +70,13 @@ def test_image_pins_the_local_training_libraries_plus_unsloth() -> None:
 
 def test_trainer_class_methods() -> None:
     user_cls = modal_app.SkillTrainer._get_user_cls()  # type: ignore[attr-defined]
-    assert inspect.isgeneratorfunction(inspect.unwrap(user_cls.train._get_raw_f()))
-    for name in ("test_adapter", "list_adapters", "delete_adapter"):
+    for name in ("train", "chat"):
+        assert inspect.isgeneratorfunction(inspect.unwrap(getattr(user_cls, name)._get_raw_f()))
+    for name in ("list_adapters", "delete_adapter"):
         assert not inspect.isgeneratorfunction(inspect.unwrap(getattr(user_cls, name)._get_raw_f()))
     assert set(modal_app.SkillTrainer._get_method_names()) >= {  # type: ignore[attr-defined]
         "train",
-        "test_adapter",
+        "chat",
         "list_adapters",
         "delete_adapter",
     }

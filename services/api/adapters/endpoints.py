@@ -141,7 +141,7 @@ async def test_adapter(
     target = Target(
         name=skill_id,
         base_model=adapter.base_model or "",
-        adapter=AdapterRef(name=str(adapter.id), path=adapter.storage_path),
+        adapter=AdapterRef(name=str(adapter.id), path=adapter.storage_path, remote_ref=adapter.remote_ref),
         system_prompt=skill.system_prompt,
     )
     sampling = Sampling(max_tokens=body.max_new_tokens, temperature=0.0, repetition_penalty=REPETITION_PENALTY)

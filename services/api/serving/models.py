@@ -54,7 +54,7 @@ def _target(name: str, skill: Skill, adapter: Adapter) -> Target:
     return Target(
         name=name,
         base_model=adapter.base_model or "",
-        adapter=AdapterRef(name=str(adapter.id), path=adapter.storage_path),
+        adapter=AdapterRef(name=str(adapter.id), path=adapter.storage_path, remote_ref=adapter.remote_ref),
         system_prompt=skill.system_prompt,
     )
 

@@ -11,10 +11,11 @@ is dropped before its next token.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -94,6 +95,20 @@ class Scheduler:
             self._waiting.setdefault(ticket.request.queue_key, deque()).append(ticket)
             self._waiting_count += 1
             self._wake.notify()
+
+    def run(self, request: GenerateRequest) -> Iterator[EngineEvent]:
+        """One request's events, for a caller on another (blocking) thread; closing the iterator cancels it."""
+        events: queue.SimpleQueue[EngineEvent] = queue.SimpleQueue()
+        ticket = Ticket(request, emit=events.put)
+        self.submit(ticket)
+        try:
+            while True:
+                event = events.get()
+                yield event
+                if event.type in ("done", "error"):
+                    return
+        finally:
+            ticket.cancelled.set()
 
     def call(self, function: Callable[[], T]) -> Future[T]:
         """Run `function` on the compute thread (the only one that touches models), between tokens."""

@@ -1,4 +1,7 @@
-"""The GPU backend contract (DESIGN.md): `train` yields event payloads, `generate` answers."""
+"""The GPU backend contract (DESIGN.md): `train` yields event payloads.
+
+Chat is not a worker's job: the inference engine (`fastbrain serve`, services/gpu/serving)
+answers it, locally or through the Modal class's `chat` method."""
 
 from __future__ import annotations
 
@@ -18,8 +21,4 @@ class GpuBackend(Protocol):
         Closing the iterator early (or cancelling the consuming task) must stop
         the training and free its resources.
         """
-        ...
-
-    async def generate(self, request: dict[str, Any]) -> str:
-        """One answer from a base model plus adapter, for `test-adapter`."""
         ...

@@ -173,16 +173,3 @@ class LocalBackend:
             "exception_type": None,
             "traceback_tail": text[-4000:],
         }
-
-    async def generate(self, request: dict[str, Any]) -> str:
-        from services.gpu import inference  # torch lives only on this path
-
-        return await asyncio.to_thread(
-            inference.generate,
-            models_dir=self.settings.models_dir,
-            base_model=request["base_model"],
-            adapter_dir=request["adapter_dir"],
-            system_prompt=request["system_prompt"],
-            prompt=request["prompt"],
-            max_new_tokens=request.get("max_new_tokens", 128),
-        )

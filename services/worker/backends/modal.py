@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -171,27 +170,6 @@ class ModalBackend:
         removed: bool = await self._lookup().delete_adapter.remote.aio(ref)
         return removed
 
-    async def generate(self, request: dict[str, Any]) -> str:
-        """Test chat on the GPU: the adapter by its Volume reference, its files sent along in case it is not there."""
-        adapter_dir = Path(request["adapter_dir"]) if request.get("adapter_dir") else None
-        remote: dict[str, Any] = {k: v for k, v in request.items() if k != "adapter_dir"}
-        files: dict[str, bytes] = {}
-        if adapter_dir is not None:
-            files, remote["adapter_ref"] = await asyncio.to_thread(_adapter_files, adapter_dir)
-        trainer = self._lookup()
-        try:
-            try:
-                answer: str = await trainer.test_adapter.remote.aio(remote)
-            except Exception as exc:
-                if not files or classify(exc) is not ErrorCategory.MODEL_LOAD_FAIL or "no adapter" not in str(exc):
-                    raise
-                # Not on the Volume (removed there, or another Volume): upload it with the request once.
-                answer = await trainer.test_adapter.remote.aio({**remote, "adapter_files": files})
-        except Exception as exc:
-            category = modal_error_category(exc)
-            raise RuntimeError(f"{category.value}: Modal test_adapter failed: {type(exc).__name__}: {exc}") from exc
-        return answer
-
 
 def _write_chunk(staging: Path, payload: dict[str, Any]) -> None:
     staging.mkdir(parents=True, exist_ok=True)
@@ -200,13 +178,3 @@ def _write_chunk(staging: Path, payload: dict[str, Any]) -> None:
     with target.open(mode) as handle:
         handle.seek(int(payload.get("offset", 0)))
         handle.write(payload["data"])
-
-
-def _adapter_files(adapter_dir: Path) -> tuple[dict[str, bytes], str]:
-    """The adapter's files and its reference on the Volume (`{skill_id}/jobs/{job_id}-a{attempt}`)."""
-    meta_path = adapter_dir / "training_metadata.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    skill_id = meta.get("skill_id") or adapter_dir.parent.name
-    ref = f"{skill_id}/jobs/{meta.get('job_id', adapter_dir.name)}-a{meta.get('attempt', 1)}"
-    files = {p.name: p.read_bytes() for p in adapter_dir.iterdir() if p.is_file()}
-    return files, ref

@@ -13,10 +13,12 @@ export class ApiError extends Error {
   }
 }
 
-async function send(path, { method = "GET", body, form, key, accept = "application/json" } = {}) {
+// The response of a successful call, unread (a download, a stream); a failure throws an ApiError.
+// `signal` (an AbortSignal) cancels it: then the AbortError itself is thrown, not an ApiError.
+export async function send(path, { method = "GET", body, form, key, accept = "application/json", signal } = {}) {
   // `key`: try that key instead of the stored one (the login form); a 401 then only fails this call.
   const secret = key ?? storedKey();
-  const init = { method, headers: { Accept: accept } };
+  const init = { method, headers: { Accept: accept }, signal };
   if (secret) init.headers.Authorization = `Bearer ${secret}`;
   if (form) init.body = form;
   else if (body !== undefined) {
@@ -26,7 +28,8 @@ async function send(path, { method = "GET", body, form, key, accept = "applicati
   let response;
   try {
     response = await fetch(path, init);
-  } catch {
+  } catch (e) {
+    if (signal?.aborted) throw e;
     throw new ApiError(0, { code: "network", message: "Cannot reach the Fast Brain API. Is it running?" });
   }
   if (response.ok) return response;

@@ -58,3 +58,9 @@ export function lossChange(before, after) {
   const shown = size >= 10 ? Math.round(size) : size.toFixed(1);
   return `Loss ${verb} ${shown}% (${before.toFixed(2)} → ${after.toFixed(2)})`;
 }
+
+// A short time in milliseconds: "240 ms", "1.4 s".
+export function millis(ms) {
+  if (ms == null) return "–";
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(ms < 10_000 ? 1 : 0)} s`;
+}

@@ -6,6 +6,7 @@ import { api } from "./api.js";
 import { useRoute } from "./router.js";
 import { forgetKey, onLoggedOut, storedKey, takeKeyFromAddress } from "./session.js";
 import { Adapters } from "./views/Adapters.jsx";
+import { Compare } from "./views/Compare.jsx";
 import { JobView } from "./views/JobView.jsx";
 import { Login } from "./views/Login.jsx";
 import { SkillDetail } from "./views/SkillDetail.jsx";
@@ -19,6 +20,7 @@ function Screen({ parts, query }) {
   if (section === "train") return <TrainConsole skillId={id} fromJob={query.get("from")} />;
   if (section === "jobs" && id) return <JobView jobId={id} />;
   if (section === "adapters") return <Adapters />;
+  if (section === "compare") return <Compare skillId={id} query={query} />;
   return <SkillsList />;
 }
 
@@ -77,6 +79,7 @@ function App() {
               {link("skills", "Skills")}
               {link("train", "Train")}
               {link("adapters", "Adapters")}
+              {link("compare", "Compare")}
               <a href="/docs">API</a>
             </nav>
             <Account me={login.me} />

@@ -90,6 +90,9 @@ export function Adapters() {
                   Activate
                 </button>
               )}
+              <a class="button" href={`#/compare/${a.skill_id}?a=${a.version}`} aria-label={`Compare ${a.skill_id} v${a.version}`}>
+                Compare
+              </a>
               <ExportLink adapterId={a.id} label={`Export ${a.skill_id} v${a.version}`} onError={setError} />
               <button type="button" class="danger" onClick={() => setDeleting(a)} aria-label={`Delete ${a.skill_id} v${a.version}`}>
                 Delete

@@ -237,6 +237,11 @@ function Complete({ job, skillName }) {
         <a class="button" href={`#/train/${job.skill_id}`}>
           Train Again
         </a>
+        {job.adapter_id && (
+          <a class="button" href={`#/compare/${job.skill_id}`}>
+            Compare with the base model
+          </a>
+        )}
         {job.adapter_id && <ExportLink adapterId={job.adapter_id} onError={setExportError} />}
         <a class="button" href="#/skills">
           Back to Skills

@@ -24,9 +24,16 @@ export function SkillDetail({ skillId }) {
     <main>
       <div class="page-head">
         <h1>{skill.name}</h1>
-        <a class="button primary" href={`#/train/${skill.skill_id}`}>
-          Train this skill
-        </a>
+        <div class="actions">
+          {skill.active_adapter_version != null && (
+            <a class="button" href={`#/compare/${skill.skill_id}`}>
+              Compare versions
+            </a>
+          )}
+          <a class="button primary" href={`#/train/${skill.skill_id}`}>
+            Train this skill
+          </a>
+        </div>
       </div>
       <div class="columns">
         <div>
