@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     )
     worker_max_jobs: int = Field(4, ge=1, description="Concurrent arq jobs per worker (training runs in subprocesses).")
     worker_health_seconds: int = Field(5, ge=1, description="How often the worker reports it is alive.")
-    generation_timeout_seconds: int = Field(300, ge=5, description="Longest wait for a test-adapter answer.")
+    generation_timeout_seconds: int = Field(
+        300, ge=5, description="Longest wait for a data report, or for a chat's first event from the engine."
+    )
     prepare_models: list[str] = Field(
         default_factory=list, description="Base models a worker converts/caches at startup (JSON list)."
     )

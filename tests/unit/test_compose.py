@@ -12,13 +12,15 @@ REPO = Path(__file__).resolve().parents[2]
 def test_compose_names_services_ports_and_healthchecks() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"postgres", "redis", "migrate", "api", "worker"}
-    for name in ("postgres", "redis", "api", "worker"):
+    assert set(services) == {"postgres", "redis", "migrate", "api", "worker", "serve"}
+    for name in ("postgres", "redis", "api", "worker", "serve"):
         assert "healthcheck" in services[name], name
     assert services["api"]["ports"] == ["${FASTBRAIN_API_BIND:-127.0.0.1}:8000:8000"]
     assert services["migrate"]["command"] == ["fastbrain", "migrate"]
     assert services["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert services["worker"]["command"] == ["fastbrain", "worker"]
+    assert services["serve"]["command"][:2] == ["fastbrain", "serve"] and "ports" not in services["serve"]
+    assert services["api"]["environment"]["FASTBRAIN_ENGINE_URL"] == "http://serve:8100"
     for name in ("api", "worker", "migrate"):
         env = services[name]["environment"]
         assert env["FASTBRAIN_DATABASE_URL"].startswith("postgresql+asyncpg://")
