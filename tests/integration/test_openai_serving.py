@@ -170,3 +170,18 @@ async def test_test_adapter_is_served_by_the_same_engine(trained: Trained, api_u
         after = httpx.get(f"{trained.engine_url}/health").json()
     assert after["served"] == before["served"] + 1
     assert after["base_loads"] == before["base_loads"], "the base model stays loaded"
+
+
+async def test_deleting_the_skill_unloads_its_adapter_and_unlists_it(
+    trained: Trained, api_url: str, admin_key: str
+) -> None:
+    """Last in this module: it deletes the trained skill."""
+    resident = httpx.get(f"{trained.engine_url}/health").json()["resident"]
+    assert trained.adapter_id in resident["tiny-random"], "chatting made the adapter resident"
+    async with httpx.AsyncClient(base_url=api_url, timeout=60, headers=auth(admin_key)) as http:
+        assert (await http.delete(f"/api/skills/{trained.skill_id}")).status_code == 200
+    resident = httpx.get(f"{trained.engine_url}/health").json()["resident"]
+    assert trained.adapter_id not in resident["tiny-random"]
+    assert trained.skill_id not in {m.id for m in trained.sdk.models.list()}
+    with pytest.raises(openai.NotFoundError):
+        trained.sdk.chat.completions.create(model=trained.skill_id, messages=HELLO)  # type: ignore[arg-type]

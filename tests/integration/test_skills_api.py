@@ -95,3 +95,4 @@ async def test_health_reports_database_and_redis(client: httpx.AsyncClient) -> N
     assert body["database"]["ok"] is True
     assert body["redis"]["ok"] is True
     assert body["status"] in {"ok", "degraded"}
+    assert isinstance(body["engine"]["ok"], bool)

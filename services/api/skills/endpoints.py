@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, File, UploadFile, status
 
-from services.api.deps import AfterCommitDep, SessionDep, SettingsDep
+from services.api.deps import AfterCommitDep, SessionDep, SettingsDep, StateDep
 from services.api.skills import service
 from services.api.skills.importers import MAX_IMPORT_BYTES
 from shared.rules import tasks
@@ -50,10 +51,12 @@ async def update_skill(skill_id: str, body: SkillUpdate, session: SessionDep, se
 
 @router.delete("/{skill_id}", summary="Delete a skill, its jobs and its adapters")
 async def delete_skill(
-    skill_id: str, session: SessionDep, settings: SettingsDep, after_commit: AfterCommitDep
+    skill_id: str, session: SessionDep, settings: SettingsDep, after_commit: AfterCommitDep, state: StateDep
 ) -> Deleted:
-    refs = await service.delete_skill(session, skill_id)
+    adapter_ids, refs = await service.delete_skill(session, skill_id)
     after_commit.call(lambda: service.remove_skill_files(settings.adapters_dir, skill_id))
+    for adapter_id in adapter_ids:  # their memory on the inference engine, at once
+        after_commit.call(partial(state.engine.evict, adapter_id))
     for ref in refs:  # adapters trained on Modal: their Volume copies go too
         after_commit.enqueue(tasks.DELETE_REMOTE_ADAPTER, ref)
     return Deleted(message=f"Skill '{skill_id}' deleted")

@@ -202,8 +202,8 @@ async def import_examples(
     )
 
 
-async def delete_skill(session: AsyncSession, skill_id: str) -> list[str]:
-    """Delete the skill (its jobs and adapters cascade); return its adapters' Modal Volume copies."""
+async def delete_skill(session: AsyncSession, skill_id: str) -> tuple[list[str], list[str]]:
+    """Delete the skill (its jobs and adapters cascade); return its adapters' ids and Modal Volume copies."""
     skill = await get_skill(session, skill_id, for_update=True)
     running = await session.scalar(
         select(TrainingJob.id).where(TrainingJob.skill_id == skill_id, TrainingJob.status.in_(ACTIVE_JOB_STATUSES))
@@ -216,13 +216,10 @@ async def delete_skill(session: AsyncSession, skill_id: str) -> list[str]:
             code="training_in_progress",
         )
     # Read under the skill's row lock, which a completing training also takes: none is missed.
-    refs = await session.scalars(
-        select(Adapter.remote_ref).where(Adapter.skill_id == skill_id, Adapter.remote_ref.is_not(None))
-    )
-    remote = [ref for ref in refs if ref]
+    rows = (await session.execute(select(Adapter.id, Adapter.remote_ref).where(Adapter.skill_id == skill_id))).all()
     await session.delete(skill)
     await session.flush()
-    return remote
+    return [str(adapter_id) for adapter_id, _ in rows], [ref for _, ref in rows if ref]
 
 
 def remove_skill_files(adapters_dir: Path, skill_id: str) -> None:

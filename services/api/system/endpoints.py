@@ -1,4 +1,4 @@
-"""System endpoints: health (database, Redis, worker liveness), models, presets."""
+"""System endpoints: health (database, Redis, worker and engine liveness), models, presets."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ def health_key(queue_name: str) -> str:
     return f"{queue_name}:health-check"
 
 
-@router.get("/health", summary="Database, Redis and worker liveness")
+@router.get("/health", summary="Database, Redis, worker and inference engine liveness")
 async def health(state: StateDep, response: Response) -> dict[str, Any]:
-    """`status` is `ok` when all three answer, `degraded` when only the worker is
-    missing (requests are accepted and wait in the queue), `down` otherwise (503)."""
+    """`status` is `ok` when all four answer, `degraded` when only the worker (trainings
+    wait in the queue) or the inference engine (chats answer 503) is missing, `down`
+    otherwise (503)."""
     checks: dict[str, Any] = {}
     started = time.perf_counter()
     try:
@@ -44,11 +45,15 @@ async def health(state: StateDep, response: Response) -> dict[str, Any]:
         "ok": worker_report is not None,
         "report": worker_report.decode() if worker_report else None,
     }
+    engine = await state.engine.health()  # public: counts only, never which adapters are resident
+    checks["engine"] = {"ok": engine is not None} | (
+        {key: engine.get(key) for key in ("waiting", "active", "served")} if engine else {}
+    )
     if not (checks["database"]["ok"] and checks["redis"]["ok"]):
         status = "down"
         response.status_code = 503
     else:
-        status = "ok" if checks["worker"]["ok"] else "degraded"
+        status = "ok" if checks["worker"]["ok"] and checks["engine"]["ok"] else "degraded"
     return {"status": status, **checks}
 
 

@@ -16,6 +16,7 @@ export async function* sseData(body, signal) {
   try {
     while (true) {
       const { value, done } = await reader.read();
+      if (signal?.aborted) return; // Stop: nothing that arrives after it is shown
       buffer += done ? decoder.decode() : decoder.decode(value, { stream: true });
       const lines = buffer.split(/\r\n|\r|\n/);
       buffer = done ? "" : lines.pop(); // the last piece may be half a line
@@ -31,7 +32,6 @@ export async function* sseData(body, signal) {
         if (data.length) yield data.join("\n");
         return;
       }
-      if (signal?.aborted) return;
     }
   } finally {
     reader.cancel().catch(() => {}); // stops the download (and so the generation) if the caller stopped early
@@ -65,7 +65,11 @@ export async function streamChat({ model, messages, signal, onToken = () => {}, 
       } catch {
         continue; // not ours to read
       }
-      if (chunk.error) throw new ApiError(502, { code: chunk.error.code || "generation_failed", ...chunk.error });
+      if (chunk.error) {
+        const failed = new ApiError(502, { code: chunk.error.code || "generation_failed", ...chunk.error });
+        failed.midStream = true; // the engine answered, then failed: its message says why
+        throw failed;
+      }
       if (chunk.usage) result.usage = chunk.usage;
       const choice = chunk.choices?.[0];
       if (!choice) continue;
@@ -90,7 +94,7 @@ export async function streamChat({ model, messages, signal, onToken = () => {}, 
         : new ApiError(0, { code: "network", message: "The answer was cut off: the connection to the API dropped." });
     if (error.status === 404 && error.code === "model_not_found") {
       error.suggestions = ["Refresh the page: the version may have been deleted."];
-    } else if (error.status >= 500 && !error.suggestions.length) {
+    } else if (error.status >= 500 && !error.midStream && !error.suggestions.length) {
       error.suggestions = ["Is the inference engine (fastbrain serve) running? Try again in a moment."];
     }
     error.partial = result.text;

@@ -62,6 +62,7 @@ export function TestChat({ skillId, skillName, adapterId, adapterVersion, sugges
     } catch (e) {
       update(index, { answer: e.partial || "", state: "error" });
       setError(e);
+      setPrompt((p) => p || text); // to send again as it was
     } finally {
       if (controller.current === abort) controller.current = null;
       input.current?.focus();

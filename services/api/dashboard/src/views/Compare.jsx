@@ -57,12 +57,12 @@ export function Compare({ skillId, query }) {
 
   const byVersion = (v) => versions?.find((x) => x.version === v) || null;
   const [a, b] = [byVersion(pair[0]), byVersion(pair[1])];
-  const busy = Object.values(runs).some((r) => r.state === "streaming");
+  const busy = Object.values(runs).some((r) => r?.state === "streaming");
 
   function choose(which, value) {
     const next = which === "a" ? [Number(value), pair[1]] : [pair[0], Number(value)];
     setPair(next);
-    setRuns((all) => ({ ...all, [which]: undefined }));
+    setRuns(({ [which]: _, ...others }) => others);
     // Shareable, without a new history entry or a reload of the screen.
     history.replaceState(history.state, "", `#/compare/${skillId}?a=${next[0]}&b=${next[1]}`);
   }
