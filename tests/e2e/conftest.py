@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+from playwright.async_api import Browser, ConsoleMessage, Page, ViewportSize, async_playwright, expect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.settings import Settings
@@ -31,8 +31,8 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 SCREENSHOTS = ARTIFACTS / "screenshots"
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
+DESKTOP: ViewportSize = {"width": 1280, "height": 800}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 STEP_DELAY = {"FASTBRAIN_TEST_STEP_DELAY_SECONDS": "1"}
 # Pages wait on real work (a data report loads an embedding model on a busy 2-core machine).
 expect.set_options(timeout=30_000)

@@ -40,7 +40,7 @@ async def log_seqs(page: Page) -> list[int]:
 
 
 async def test_create_train_chat_and_manage_versions(
-    page: Page, dashboard_stack: Stack, http: httpx.AsyncClient, tmp_path: Path
+    page: Page, dashboard_stack: Stack, http: httpx.AsyncClient, tmp_path: Path, serve: str
 ) -> None:
     base = dashboard_stack.url
     await log_in(page, base)
@@ -137,9 +137,10 @@ async def test_create_train_chat_and_manage_versions(
     seqs = await log_seqs(page)
     assert seqs == list(range(1, status["last_event_seq"] + 1)), "log has gaps or duplicates"
 
-    # Chat with the trained skill, then export it.
+    # Chat with the trained skill (the answer streams in: tests/e2e/test_chat.py), then export it.
     await page.get_by_label("Message").fill("Tell me about honey?")
     await page.get_by_role("button", name="Send").click()
+    await expect(page.get_by_test_id("chat-reply")).to_have_attribute("data-state", "done", timeout=60_000)
     await expect(page.get_by_test_id("chat-reply")).to_contain_text("v1")
     await screenshot(page, "complete")
     async with page.expect_download() as download_info:
@@ -172,6 +173,7 @@ async def test_create_train_chat_and_manage_versions(
     await v1.get_by_role("button", name="Test").click()
     await v1.get_by_label("Message").fill("How do I store molasses?")
     await v1.get_by_role("button", name="Send").click()
+    await expect(v1.get_by_test_id("chat-reply")).to_have_attribute("data-state", "done", timeout=60_000)
     await expect(v1.get_by_test_id("chat-reply")).to_contain_text("v1")
 
     await page.get_by_role("button", name="Delete sweetener-guide v2").click()

@@ -17,6 +17,11 @@ export function history(turns) {
     ]);
 }
 
+// An answer as shown: without the blank lines a model may start with (the conversation keeps them).
+export function shown(answer) {
+  return answer.trimStart();
+}
+
 export function TestChat({ skillId, skillName, adapterId, adapterVersion, suggestion = "" }) {
   const [prompt, setPrompt] = useState(suggestion);
   const [turns, setTurns] = useState([]);
@@ -89,14 +94,14 @@ export function TestChat({ skillId, skillName, adapterId, adapterVersion, sugges
             <div class="bubble bot" data-testid="chat-reply" data-state={turn.state} data-chunks={turn.chunks}>
               <strong>{name}:</strong>{" "}
               <span class="answer" data-testid="chat-answer">
-                {turn.answer}
+                {shown(turn.answer)}
               </span>
               {turn.state === "streaming" && (
                 <span class="typing" aria-hidden="true">
                   ▍
                 </span>
               )}
-              {turn.state !== "streaming" && !turn.answer && <em class="muted">(no answer)</em>}
+              {turn.state !== "streaming" && !shown(turn.answer) && <em class="muted">(no answer)</em>}
               <Timing run={turn} prefix={turn.version != null ? `v${turn.version}` : "active version"} />
             </div>
           </li>
@@ -115,7 +120,7 @@ export function TestChat({ skillId, skillName, adapterId, adapterVersion, sugges
         />
         {busy ? (
           <button type="button" class="danger" onClick={() => controller.current?.abort()}>
-            ■ Stop
+            <span aria-hidden="true">■</span> Stop
           </button>
         ) : (
           <button type="submit" class="primary" disabled={!prompt.trim() || !ready}>

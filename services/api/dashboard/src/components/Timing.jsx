@@ -11,6 +11,7 @@ export function Timing({ run, prefix = null }) {
   if (run.firstTokenMs != null) parts.push(`first token ${millis(run.firstTokenMs)}`);
   if (run.totalMs != null) parts.push(`total ${millis(run.totalMs)}`);
   if (run.state === "stopped") parts.push("stopped");
+  else if (run.state === "error") parts.push("✗ failed");
   else if (run.finishReason === "length") parts.push(`cut at ${CHAT_MAX_TOKENS} tokens`);
   return (
     <div class="muted small timing" data-testid="timing">

@@ -5,6 +5,7 @@ import { useEffect, useRef, useState } from "preact/hooks";
 import { api } from "../api.js";
 import { skillVersions, streamChat } from "../chat.js";
 import { ErrorNote } from "../components/ErrorNote.jsx";
+import { shown } from "../components/TestChat.jsx";
 import { Timing } from "../components/Timing.jsx";
 import { loss } from "../format.js";
 import { navigate } from "../router.js";
@@ -166,7 +167,7 @@ export function Compare({ skillId, query }) {
             <div class="actions">
               {busy ? (
                 <button type="button" class="danger" onClick={() => controller.current?.abort()}>
-                  ■ Stop
+                  <span aria-hidden="true">■</span> Stop
                 </button>
               ) : (
                 <button type="submit" class="primary" disabled={!prompt.trim()}>
@@ -229,13 +230,13 @@ function Column({ column, run, versions, busy, onChoose }) {
         {!run && <p class="muted small">Its answer appears here.</p>}
         {run && (
           <p data-testid="compare-answer" data-state={run.state} data-chunks={run.chunks}>
-            <span class="answer">{run.text}</span>
+            <span class="answer">{shown(run.text)}</span>
             {run.state === "streaming" && (
               <span class="typing" aria-hidden="true">
                 ▍
               </span>
             )}
-            {run.state !== "streaming" && !run.text && <em class="muted">(no answer)</em>}
+            {run.state !== "streaming" && !shown(run.text) && <em class="muted">(no answer)</em>}
           </p>
         )}
         <Timing run={run} />
