@@ -114,7 +114,9 @@ class Settings(BaseSettings):
         8, ge=1, description="Adapters the engine keeps loaded per base model (least recently used leave first)."
     )
     engine_max_active: int = Field(
-        8, ge=1, description="Generations the engine interleaves a token at a time; more wait in its queue."
+        16,
+        ge=1,
+        description="Generations the engine runs at once (those on one base model decode as one batch); more wait.",
     )
     engine_max_queue: int = Field(
         64, ge=1, description="Requests waiting for the engine; past this a chat is refused with 503 and Retry-After."

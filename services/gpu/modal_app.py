@@ -271,7 +271,7 @@ class SkillTrainer:
             from services.gpu.serving.scheduler import Scheduler
 
             residency = Residency(self._models_dir(), None, max_adapters=8, adapters_root=volume_root())
-            engine = self.engine = Scheduler(residency, max_waiting=64, max_active=8)
+            engine = self.engine = Scheduler(residency, max_waiting=64, max_active=16)
             engine.start()
         return engine
 

@@ -1,9 +1,10 @@
 """One generation, a token at a time: its KV cache, sampling, stop handling and streamed text.
 
 A hand-rolled loop instead of `model.generate` because the scheduler interleaves many
-generations (each with its own adapter) one token at a time; sampling uses transformers'
-own logits processors, so greedy output is the token sequence `generate(do_sample=False)`
-gives.
+generations (each with its own adapter) one token at a time, alone or as rows of one
+batched forward (`batching.py`), after which each still samples its own token here;
+sampling uses transformers' own logits processors, so greedy output is the token sequence
+`generate(do_sample=False)` gives.
 """
 
 from __future__ import annotations
@@ -14,6 +15,14 @@ from typing import Any
 from shared.schemas.serving import FinishReason, Sampling
 
 REPLACEMENT_CHAR = "\ufffd"  # a multi-byte character whose remaining bytes are still to come
+
+
+def keeps_last_logits(model: Any) -> bool:
+    """Whether the model's forward takes `logits_to_keep` (as `generate` passes it: 1)."""
+    import inspect
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PeftModel forwards kwargs
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 @dataclass
@@ -69,8 +78,17 @@ class Sequence:
         new = self.prompt_ids if not self.generated else self.generated[-1:]
         with torch.inference_mode():
             ids = torch.tensor([new], device=model.device)
-            logits = model(input_ids=ids, past_key_values=self.cache, use_cache=True).logits[:, -1, :].float()
-            context = torch.tensor([self.prompt_ids + self.generated], device=model.device)
+            last_only = {"logits_to_keep": 1} if keeps_last_logits(model) else {}  # the prefill needs just one row
+            logits = model(input_ids=ids, past_key_values=self.cache, use_cache=True, **last_only).logits[:, -1, :]
+        return self.sample(logits)
+
+    def sample(self, logits: Any) -> Step:
+        """Pick the next token from its next-token logits ([1, vocab], from this forward or a batched one)."""
+        import torch
+
+        with torch.inference_mode():
+            logits = logits.float()
+            context = torch.tensor([self.prompt_ids + self.generated], device=logits.device)
             scores = self._processors(context, logits)
             if self._generator is None:
                 token = int(scores.argmax(dim=-1))

@@ -55,7 +55,7 @@ class EngineConfig:
     adapters_dir: Path
     device: str | None = None
     max_adapters: int = 8
-    max_active: int = 8
+    max_active: int = 16
     max_queue: int = 64
     preload: tuple[str, ...] = ()
     backend: str = "local"  # or "modal": forward to the deployed class's `chat` (services/gpu/serving/remote.py)
