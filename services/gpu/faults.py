@@ -13,6 +13,12 @@ production. Each produces the genuine exception the real failure raises:
   recovery (T=1) and a persistent failure (T large).
 - FASTBRAIN_TEST_STEP_DELAY_SECONDS=S: sleep S after each optimizer step, so a
   test can act (cancel, kill a worker) in the middle of a short run.
+- FASTBRAIN_TEST_LR_SCALE_LAST_STEPS=K (with FASTBRAIN_TEST_LR_SCALE=F, default -30): the
+  learning rate of the last K optimizer steps is multiplied by F. A negative F makes those
+  steps climb the loss instead of descending it, so the held-out loss of the last weights is
+  worse than an earlier step's, as in a run that goes wrong at its end (the best-weights test).
+  Only the update changes: the loss the watchdog sees for a step is measured before its own
+  update, so the last step never looks diverged.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ NETWORK_FAILURES_ENV = "FASTBRAIN_TEST_NETWORK_FAILURES"
 STEP_DELAY_ENV = "FASTBRAIN_TEST_STEP_DELAY_SECONDS"
 NAN_LOSS_AT_STEP_ENV = "FASTBRAIN_TEST_NAN_LOSS_AT_STEP"
 NAN_LOSS_TRIES_ENV = "FASTBRAIN_TEST_NAN_LOSS_TRIES"
+LR_SCALE_LAST_STEPS_ENV = "FASTBRAIN_TEST_LR_SCALE_LAST_STEPS"
+LR_SCALE_ENV = "FASTBRAIN_TEST_LR_SCALE"
 
 
 def _number(name: str) -> float | None:
@@ -71,3 +79,14 @@ def poison_loss(loss: Any, step: int, retry: int) -> Any:
     if at is None or step != int(at) or retry >= (1 if tries is None else tries):
         return loss
     return loss * float("nan")
+
+
+def scale_learning_rate(optimizer: Any, step: int, total_steps: int) -> None:
+    """Multiply the rate of optimizer step `step` (1-based, about to run) by the test's factor when it is one
+    of the last K steps. The schedule sets the rate again after each step, so the factor applies once."""
+    last = _number(LR_SCALE_LAST_STEPS_ENV)
+    if last is None or optimizer is None or step <= total_steps - int(last):
+        return
+    factor = _number(LR_SCALE_ENV) or -30.0
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * factor

@@ -26,6 +26,7 @@ from shared.db.job_state import LeaseLost
 from shared.db.models import ACTIVE_JOB_STATUSES, Adapter, Skill, TrainingJob, TrainingLog
 from shared.errors import CATALOGUE, ErrorCategory
 from shared.rules import regression
+from shared.rules.adapter_quality import quality_score
 from shared.rules.devices import device_key
 from shared.schemas.training import Hyperparameters, TrainingSpec
 from shared.settings import Settings
@@ -83,8 +84,16 @@ async def _measurements(
 
 
 def _eval_metrics(payload: dict[str, Any]) -> dict[str, Any]:
-    """Held-out loss before and after training, when the trainer had enough examples to split."""
-    keys = ("eval_loss_before", "eval_loss_after", "eval_examples", "improvement_pct")
+    """Held-out loss before and after training and the kept step, when the trainer had enough examples to split."""
+    keys = (
+        "eval_loss_before",
+        "eval_loss_after",
+        "eval_examples",
+        "improvement_pct",
+        "best_step",
+        "best_eval_loss",
+        "last_eval_loss",
+    )
     return {key: payload[key] for key in keys if payload.get(key) is not None}
 
 
@@ -237,6 +246,7 @@ async def complete(
         await session.flush()
         measured = {"device": device} | await _measurements(session, job.id, job, payload, wall_seconds)
         measured |= _eval_metrics(payload)
+        quality = quality_score(payload.get("improvement_pct"), payload.get("eval_examples"), len(spec.conversations))
         events = []
         if not gate["activated"]:  # the sentence, in the log the Complete view shows, before the ending
             note = await job_state.emit(
@@ -259,11 +269,13 @@ async def complete(
                 "wall_time_seconds": round(wall_seconds, 1),
                 **measured,
                 **gate,
+                "quality": quality,
             },
             final_loss=payload.get("final_loss"),
             initial_loss=func.coalesce(TrainingJob.initial_loss, payload.get("initial_loss")),
             training_time_seconds=round(training_seconds),
             cost_usd=cost,
+            evaluation=payload.get("evaluation"),
             **measured,
         )
         if event is None:
@@ -271,7 +283,7 @@ async def complete(
         # Files move last, just before the commit; `undo` moves them back if it fails.
         store.promote(staging, target)
         promoted.append(target)
-        return [*events, event], version, measured | {"activated": gate["activated"]}
+        return [*events, event], version, measured | {"activated": gate["activated"], "quality_stars": quality["stars"]}
 
     promoted: list[Path] = []
 

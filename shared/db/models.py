@@ -185,6 +185,13 @@ class TrainingJob(Base):
     eval_loss_after: Mapped[float | None] = mapped_column(Float)
     eval_examples: Mapped[int | None] = mapped_column(Integer)
     improvement_pct: Mapped[float | None] = mapped_column(Float)
+    # The kept weights and the side-by-side answers (migration 0008): the step with the lowest held-out
+    # loss (the adapter holds its weights), that loss, the last step's, and up to 5 held-out prompts
+    # answered by the reference, the base model and the adapter (`shared.schemas.events.Evaluation`).
+    best_step: Mapped[int | None] = mapped_column(Integer)
+    best_eval_loss: Mapped[float | None] = mapped_column(Float)
+    last_eval_loss: Mapped[float | None] = mapped_column(Float)
+    evaluation: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
     created_at: Mapped[datetime] = _now()
     created_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))

@@ -36,7 +36,9 @@ class ProgressPayload(_Payload):
     progress: float = Field(ge=0.0, le=100.0)
     gpu_memory_used_gb: float | None = None
     eval_loss: float | None = Field(
-        None, description="Held-out loss (assistant tokens) measured at this step; at about 25/50/75% of the run."
+        None,
+        description="Held-out loss (assistant tokens) measured after this step: about every 10% of the run and "
+        "after the last step.",
     )
 
 
@@ -67,6 +69,36 @@ class RegressionCheck(BaseModel):
     active_eval_loss: float | None = Field(None, description="Its held-out loss.")
 
 
+class EvaluationSample(BaseModel):
+    """One held-out prompt answered three ways."""
+
+    prompt: str = Field(description="The example's last user message (rendered with the training chat template).")
+    reference: str = Field(description="The example's own answer (never trained on).")
+    base: str = Field(description="The base model's answer (adapter disabled), greedy.")
+    adapter: str = Field(description="The trained adapter's answer, greedy.")
+
+
+class Evaluation(BaseModel):
+    """Side-by-side answers to up to 5 held-out prompts, generated at the end of training."""
+
+    samples: list[EvaluationSample] = Field(default_factory=list)
+    max_new_tokens: int = Field(description="Longest answer generated, in tokens (each stops at end of turn).")
+    decoding: str = Field("greedy", description="How the answers were decoded.")
+    step: int | None = Field(None, description="The optimizer step whose weights answered (the kept step).")
+    seconds: float = Field(description="What generating them added to the run, in seconds.")
+
+
+class QualityScore(BaseModel):
+    """1-5 stars from the held-out improvement (`shared/rules/adapter_quality.py`; bands in docs/presets.md)."""
+
+    stars: int | None = Field(None, ge=1, le=5, description="None: no score (see `reason`).")
+    label: str | None = Field(None, examples=["Very good"])
+    meaning: str | None = Field(None, description="What the band means, in a sentence.")
+    improvement_pct: float | None = Field(None, description="The held-out loss reduction the score is from, %.")
+    eval_examples: int | None = Field(None, description="Held-out examples it was measured on.")
+    reason: str | None = Field(None, description="Why there is no score (fewer than 10 examples: no held-out split).")
+
+
 class CompletePayload(_Payload):
     """From the trainer: metrics; the worker adds adapter id, version, path and cost."""
 
@@ -79,6 +111,15 @@ class CompletePayload(_Payload):
     eval_loss_before: float | None = Field(None, description="Held-out loss of the base model, before training.")
     eval_loss_after: float | None = Field(None, description="Held-out loss with the trained adapter.")
     improvement_pct: float | None = Field(None, description="Held-out loss reduction, in percent of the base's.")
+    best_step: int | None = Field(
+        None, description="The step whose weights the adapter holds: the lowest held-out loss measured."
+    )
+    best_eval_loss: float | None = Field(None, description="Its held-out loss (= eval_loss_after).")
+    last_eval_loss: float | None = Field(None, description="The last step's held-out loss.")
+    restored_best: bool | None = Field(
+        None, description="True when the last step was worse and the best step's weights were restored."
+    )
+    evaluation: Evaluation | None = Field(None, description="Side-by-side answers to held-out prompts.")
     # The worker's (the regression gate, services/worker/completion.py `regression_check`):
     activated: bool | None = Field(
         None, description="Whether the new version became the skill's active adapter (false: the regression gate)."
@@ -87,6 +128,7 @@ class CompletePayload(_Payload):
     regression_check: RegressionCheck | None = Field(
         None, description="The comparison with the version that was active."
     )
+    quality: QualityScore | None = Field(None, description="The adapter's stars, from the held-out improvement.")
 
 
 class ErrorPayload(_Payload):

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.schemas.events import RegressionCheck
+from shared.schemas.events import Evaluation, QualityScore, RegressionCheck
 from shared.schemas.text import NoNulStrings
 from shared.schemas.training import Preset, TrainingConfigRequest
 
@@ -115,6 +115,22 @@ class JobStatusOut(BaseModel):
     eval_loss_after: float | None = Field(None, description="Held-out loss with the trained adapter.")
     eval_examples: int | None = Field(None, description="Examples held out (none under 10 examples).")
     improvement_pct: float | None = Field(None, description="Held-out loss reduction, %.")
+    best_step: int | None = Field(
+        None,
+        description="The step whose weights the adapter keeps: the lowest held-out loss measured during training "
+        "(about every 10% of the steps and at the last).",
+    )
+    best_eval_loss: float | None = Field(None, description="Its held-out loss (the adapter's: = eval_loss_after).")
+    last_eval_loss: float | None = Field(None, description="The last step's held-out loss.")
+    restored_best: bool | None = Field(
+        None, description="True when the last step was worse and the adapter holds an earlier step's weights."
+    )
+    quality: QualityScore | None = Field(
+        None, description="1-5 stars from the held-out improvement (completed jobs), or why there is none."
+    )
+    evaluation: Evaluation | None = Field(
+        None, description="Up to 5 held-out prompts: the reference answer, the base model's and the adapter's."
+    )
     error_message: str | None
     error_details: dict[str, Any] | None
     recovery_attempts: list[dict[str, Any]] = Field(description="What auto-recovery tried, in order.")
@@ -122,6 +138,7 @@ class JobStatusOut(BaseModel):
     config: dict[str, Any]
     attempt: int
     adapter_id: uuid.UUID | None
+    adapter_version: int | None = Field(None, description="The version number of the job's adapter.")
     training_examples: int | None = Field(
         None, description="The skill's examples when it trained, held-out ones included."
     )
@@ -171,6 +188,10 @@ class AdapterOut(BaseModel):
     storage_path: str
     remote_ref: str | None = Field(None, description="Its copy on the Modal Volume, when it trained there.")
     created_at: datetime
+    eval_loss: float | None = Field(None, description="Held-out loss of this version (its job's eval_loss_after).")
+    quality: QualityScore | None = Field(
+        None, description="Stars from its held-out improvement; None when its training job no longer exists."
+    )
 
 
 class AdapterList(BaseModel):

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from shared.errors import ErrorCategory
+from shared.rules.split import eval_split
 from shared.schemas.events import (
     CompletePayload,
     ErrorPayload,
@@ -304,7 +305,8 @@ TWELVE = [
 
 
 def test_held_out_loss_before_during_and_after(tmp_path: Path) -> None:
-    """12 examples: 3 held out (seed 42), measured on the base model, at 25/50/75% of the steps, and after."""
+    """12 examples: 3 held out (seed 42), measured on the base model, after every step (a run of 10 steps or
+    fewer: about every 10% is every step), and the adapter kept is the best measured."""
     run = run_trainer(
         make_spec(tmp_path, conversations=TWELVE, max_steps=4, batch_size=2, gradient_accumulation_steps=1)
     )
@@ -314,15 +316,34 @@ def test_held_out_loss_before_during_and_after(tmp_path: Path) -> None:
     assert any(m.startswith("Held out 3 of 12 examples") for m in messages)
     assert any(m.startswith("Loaded 9 training examples") for m in messages)
     assert any(m.startswith("Held-out loss before training (base model)") for m in messages)
-    assert [p.step for p in progress_of(run) if p.eval_loss is not None] == [1, 2, 3]
+    measured = {p.step: p.eval_loss for p in progress_of(run) if p.eval_loss is not None}
+    assert list(measured) == [1, 2, 3, 4]
     complete = run.payloads[-1]
     assert isinstance(complete, CompletePayload) and complete.eval_examples == 3
     assert complete.eval_loss_before is not None and complete.eval_loss_after is not None
     expected = round(100 * (complete.eval_loss_before - complete.eval_loss_after) / complete.eval_loss_before, 2)
     assert complete.improvement_pct == expected
-    metrics = json.loads((tmp_path / "adapter" / "training_metadata.json").read_text())["metrics"]
+    # The adapter holds the weights of the step with the lowest held-out loss.
+    assert complete.eval_loss_after == min(measured.values()) == complete.best_eval_loss
+    assert complete.best_step == min(measured, key=lambda step: (measured[step], step != 4))
+    assert complete.last_eval_loss == measured[4]
+    assert complete.restored_best == (measured[4] > min(measured.values()))
+    assert any(m.startswith("Kept the weights of ") for m in messages)
+    metadata = json.loads((tmp_path / "adapter" / "training_metadata.json").read_text())
+    metrics = metadata["metrics"]
     assert metrics["eval_loss_before"] == complete.eval_loss_before and metrics["eval_examples"] == 3
-    assert metrics["examples"] == 9 and len(metrics["eval_loss_history"]) == 3
+    assert metrics["examples"] == 9 and len(metrics["eval_loss_history"]) == 4
+    assert metrics["best_step"] == complete.best_step and metrics["best_eval_loss"] == complete.best_eval_loss
+
+    # Side by side: each held-out prompt with its reference answer, the base model's and the adapter's.
+    evaluation = complete.evaluation
+    assert evaluation is not None and metadata["evaluation"] == evaluation.model_dump()
+    held_out = [TWELVE[i] for i in eval_split(12, 42)[1]]
+    assert [(s.prompt, s.reference) for s in evaluation.samples] == [(t.user, t.assistant) for t in held_out]
+    assert all(isinstance(s.base, str) and isinstance(s.adapter, str) for s in evaluation.samples)
+    assert evaluation.max_new_tokens == 48 and evaluation.step == complete.best_step and evaluation.seconds > 0
+    assert any(m.startswith("Answered 3 held-out prompts with the base model and the adapter") for m in messages)
+    print(f"\ntiny-random: side-by-side of 3 prompts took {evaluation.seconds:.2f}s")
 
 
 def test_no_eval_split_under_ten_examples(tiny_run: Run) -> None:
@@ -331,6 +352,7 @@ def test_no_eval_split_under_ten_examples(tiny_run: Run) -> None:
     complete = tiny_run.payloads[-1]
     assert isinstance(complete, CompletePayload) and complete.eval_examples == 0
     assert complete.eval_loss_before is None and complete.improvement_pct is None
+    assert complete.evaluation is None and complete.best_step is None
 
 
 def test_answer_cut_by_max_seq_length_is_refused_before_training(tmp_path: Path) -> None:

@@ -88,6 +88,11 @@ async def test_train_stream_and_chat(
     assert status["final_loss"] == pytest.approx(progress[-1]["loss"])
     assert [p["step"] for p in status["metrics_history"]] == steps
     assert status["adapter_id"] == complete["adapter_id"]
+    # 12 examples: 3 held out; the kept step, the side-by-side answers and the stars are stored with the job.
+    assert status["eval_examples"] == 3 and status["best_step"] == complete["best_step"] is not None
+    assert status["best_eval_loss"] == status["eval_loss_after"]
+    assert status["evaluation"] == complete["evaluation"] and len(status["evaluation"]["samples"]) == 3
+    assert status["quality"] == complete["quality"] and status["quality"]["stars"] in {1, 2, 3, 4, 5}
 
     adapters = (await client.get("/api/adapters", params={"skill_id": SKILL_ID})).json()["adapters"]
     assert len(adapters) == 1 and adapters[0]["is_active"] and adapters[0]["version"] == 1

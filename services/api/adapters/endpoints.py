@@ -54,12 +54,12 @@ async def list_adapters(session: SessionDep, skill_id: str | None = None) -> Ada
 
 @router.get("/adapters/{adapter_id}", summary="One adapter")
 async def get_adapter(adapter_id: uuid.UUID, session: SessionDep) -> AdapterOut:
-    return service.to_out(await service.get_adapter(session, adapter_id))
+    return await service.adapter_out(session, await service.get_adapter(session, adapter_id))
 
 
 @router.post("/adapters/{adapter_id}/activate", summary="Make this version the skill's active adapter")
 async def activate_adapter(adapter_id: uuid.UUID, session: SessionDep) -> AdapterOut:
-    return service.to_out(await service.activate(session, adapter_id))
+    return await service.adapter_out(session, await service.activate(session, adapter_id))
 
 
 @router.get(

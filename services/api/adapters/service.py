@@ -10,11 +10,28 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.api.errors import NotFound
-from shared.db.models import Adapter, Skill
+from shared.db.models import Adapter, Skill, TrainingJob
+from shared.rules.adapter_quality import quality_score
+from shared.schemas.events import QualityScore
 from shared.schemas.jobs import AdapterOut
 
+# What a version's stars are computed from: its training job's held-out measurement.
+_MEASURED = (TrainingJob.improvement_pct, TrainingJob.eval_examples, TrainingJob.eval_loss_after)
 
-def to_out(adapter: Adapter, skill_name: str | None = None) -> AdapterOut:
+
+def to_out(
+    adapter: Adapter,
+    skill_name: str | None = None,
+    improvement_pct: float | None = None,
+    eval_examples: int | None = None,
+    eval_loss_after: float | None = None,
+) -> AdapterOut:
+    # A version whose job row is gone has no measurement to score (training_job_id is then NULL).
+    quality = (
+        QualityScore.model_validate(quality_score(improvement_pct, eval_examples, adapter.training_examples))
+        if adapter.training_job_id is not None
+        else None
+    )
     return AdapterOut(
         id=adapter.id,
         skill_id=adapter.skill_id,
@@ -31,15 +48,31 @@ def to_out(adapter: Adapter, skill_name: str | None = None) -> AdapterOut:
         storage_path=adapter.storage_path,
         remote_ref=adapter.remote_ref,
         created_at=adapter.created_at,
+        eval_loss=eval_loss_after,
+        quality=quality,
     )
 
 
+async def adapter_out(session: AsyncSession, adapter: Adapter) -> AdapterOut:
+    """One version as the API answers it, with its stars."""
+    measured = (await session.execute(select(*_MEASURED).where(TrainingJob.id == adapter.training_job_id))).first()
+    if measured is None:
+        return to_out(adapter)
+    return to_out(adapter, None, measured.improvement_pct, measured.eval_examples, measured.eval_loss_after)
+
+
 async def list_adapters(session: AsyncSession, skill_id: str | None) -> list[AdapterOut]:
-    query = select(Adapter, Skill.name).join(Skill, Skill.id == Adapter.skill_id)
+    query = (
+        select(Adapter, Skill.name, *_MEASURED)
+        .join(Skill, Skill.id == Adapter.skill_id)
+        .outerjoin(TrainingJob, TrainingJob.id == Adapter.training_job_id)
+    )
     if skill_id:
         query = query.where(Adapter.skill_id == skill_id)
     rows = await session.execute(query.order_by(Adapter.skill_id, Adapter.version.desc()))
-    return [to_out(adapter, name) for adapter, name in rows.all()]
+    return [
+        to_out(adapter, name, improvement, examples, loss) for adapter, name, improvement, examples, loss in rows.all()
+    ]
 
 
 async def get_adapter(session: AsyncSession, adapter_id: uuid.UUID, *, for_update: bool = False) -> Adapter:

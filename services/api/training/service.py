@@ -21,6 +21,7 @@ from services.gpu.catalog import local_model_ids, model_ids
 from shared.db import job_state, spend, tenancy
 from shared.db.models import ACTIVE_JOB_STATUSES, Adapter, JobStatus, Skill, TrainingJob, TrainingLog, Workspace
 from shared.rules import tasks
+from shared.rules.adapter_quality import quality_score
 from shared.rules.devices import device_for
 from shared.rules.templates import template_problems
 from shared.rules.tokens import count_example_tokens, length_warning
@@ -330,7 +331,9 @@ async def job_status(
     metrics_total = await session.scalar(select(func.count()).select_from(TrainingLog).where(*is_progress)) or 0
     adapter = (
         await session.execute(
-            select(Adapter.id, Adapter.training_examples, Adapter.is_active).where(Adapter.training_job_id == job_id)
+            select(Adapter.id, Adapter.version, Adapter.training_examples, Adapter.is_active).where(
+                Adapter.training_job_id == job_id
+            )
         )
     ).first()
     # What completion decided about activation (the regression gate) is in the `complete` event.
@@ -341,9 +344,20 @@ async def job_status(
             .order_by(TrainingLog.seq.desc())
             .limit(1)
         )
-        if adapter
+        if job.status == JobStatus.COMPLETED.value
         else None
     ) or {}
+    training_examples = adapter.training_examples if adapter else completed.get("training_examples")
+    quality = (
+        quality_score(job.improvement_pct, job.eval_examples, training_examples)
+        if job.status == JobStatus.COMPLETED.value
+        else None
+    )
+    restored_best = (
+        job.last_eval_loss > job.best_eval_loss
+        if job.last_eval_loss is not None and job.best_eval_loss is not None
+        else None
+    )
     skill_name = await session.scalar(select(Skill.name).where(Skill.id == job.skill_id))
     return JobStatusOut(
         job_id=job.id,
@@ -372,6 +386,12 @@ async def job_status(
         eval_loss_after=job.eval_loss_after,
         eval_examples=job.eval_examples,
         improvement_pct=job.improvement_pct,
+        best_step=job.best_step,
+        best_eval_loss=job.best_eval_loss,
+        last_eval_loss=job.last_eval_loss,
+        restored_best=restored_best,
+        quality=quality,
+        evaluation=job.evaluation,
         error_message=job.error_message,
         error_details=public_error_details(job.error_details),  # no traceback: it stays in the row and the logs
         recovery_attempts=public_attempts(job.recovery_attempts or []),
@@ -379,11 +399,12 @@ async def job_status(
         config=job.config,
         attempt=job.attempt,
         adapter_id=adapter.id if adapter else None,
-        training_examples=adapter.training_examples if adapter else None,
+        adapter_version=adapter.version if adapter else None,
+        training_examples=training_examples,
         adapter_active=adapter.is_active if adapter else None,
         activated=bool(completed.get("activated", True)) if adapter else None,  # before the gate: always
-        not_activated_reason=completed.get("not_activated_reason"),
-        regression_check=completed.get("regression_check"),
+        not_activated_reason=completed.get("not_activated_reason") if adapter else None,
+        regression_check=completed.get("regression_check") if adapter else None,
         created_at=job.created_at,
         started_at=job.started_at,
         completed_at=job.completed_at,

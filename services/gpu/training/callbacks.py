@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from services.gpu import faults
+from services.gpu.training.best import BestWeights
 from shared.errors import TrainingDiverged
 
 if TYPE_CHECKING:
@@ -21,6 +22,11 @@ Payload = dict[str, Any]
 # once there are SPIKE_MIN_STEPS of them (the first, noisy steps never count as a spike).
 SPIKE_FACTOR = 3.0
 SPIKE_MIN_STEPS = 5
+
+# The held-out loss is measured after about every 1/EVAL_POINTS of the steps (10%) and after the last:
+# often enough to see a run start to overfit and to keep the best weights (`best.py`), at the cost of
+# EVAL_POINTS forward passes over the held-out examples (at most 50), a few percent of a run's time.
+EVAL_POINTS = 10
 
 
 def log(message: str, level: str = "info") -> Payload:
@@ -36,17 +42,26 @@ def gpu_memory_gb() -> float | None:
     return round(torch.cuda.max_memory_allocated() / 1024**3, 3)
 
 
+def eval_schedule(total_steps: int, points: int = EVAL_POINTS) -> set[int]:
+    """The optimizer steps after which the held-out loss is measured: about every 1/points of the run, and
+    the last step (every step of a run of `points` steps or fewer)."""
+    total = max(total_steps, 1)
+    return {-(-total * k // points) for k in range(1, points + 1)}
+
+
 def make_progress_callback(
     events: queue.Queue[Payload],
     stop: threading.Event,
     history: list[Payload],
     eval_examples: list[dict[str, list[int]]] | None = None,
+    best: BestWeights | None = None,
 ) -> TrainerCallback:
     """A TrainerCallback that turns each optimizer step's log into a `progress` payload.
 
-    With held-out examples, the held-out loss is measured at about 25%, 50% and 75% of the steps and
-    carried as `eval_loss` on that step's `progress` payload (before and after: by the pipeline).
-    Setting `stop` ends training after the current step.
+    With held-out examples, the held-out loss is measured after about every 10% of the steps and after
+    the last (`eval_schedule`), carried as `eval_loss` on that step's `progress` payload and offered to
+    `best`, which keeps a copy of the best weights (before training and the saved adapter's: by the
+    pipeline). Setting `stop` ends training after the current step.
     """
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -69,7 +84,7 @@ def make_progress_callback(
             self.first_step = self.last_step = state.global_step
             self.tokens_at_start = int(state.num_input_tokens_seen or 0)
             total = max(state.max_steps, 1)
-            self.eval_steps = {-(-total * quarter // 4) for quarter in (1, 2, 3)} - {total}
+            self.eval_steps = eval_schedule(total)
             if state.global_step:
                 events.put(
                     log(f"Resumed at step {state.global_step}/{state.max_steps}: optimizer and schedule restored")
@@ -82,14 +97,22 @@ def make_progress_callback(
                 )
             )
 
+        def on_step_begin(
+            self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+        ) -> None:
+            faults.scale_learning_rate(kwargs.get("optimizer"), state.global_step + 1, state.max_steps)
+
         def on_step_end(
             self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
         ) -> None:
             faults.step_delay()
+            model = kwargs.get("model")
             if stop.is_set():
                 control.should_training_stop = True
-            elif eval_examples and state.global_step in self.eval_steps and kwargs.get("model") is not None:
-                self.pending_eval = held_out_loss(kwargs["model"], eval_examples)
+            elif eval_examples and state.global_step in self.eval_steps and model is not None:
+                self.pending_eval = held_out_loss(model, eval_examples)
+                if best is not None:
+                    best.offer(model, state.global_step, self.pending_eval)
 
         def on_log(
             self,

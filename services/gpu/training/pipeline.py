@@ -8,7 +8,9 @@ The run, as named steps (each yields its `log` payloads and returns what the nex
 4. `_prepare_model`: the base model with LoRA (`model.py`), its held-out loss before training;
 5. `_fit`: TRL's SFTTrainer on a thread, resumed from the job's newest checkpoint, its
    `progress` payloads streamed as they come (`callbacks.py`);
-6. `_save`: the adapter, `training_metadata.json`, then the `complete` payload.
+6. `_save`: the best measured weights back in the model when the last are worse (`best.py`), the
+   adapter, the side-by-side answers to held-out prompts (`evaluation.py`), `training_metadata.json`,
+   then the `complete` payload.
 
 Same code on the local backend (`python -m services.gpu.trainer`) and on Modal.
 """
@@ -31,6 +33,7 @@ from typing import Any
 
 from services.gpu import faults
 from services.gpu.catalog import ModelInfo, get_model, is_prequantized_4bit, require_loadable
+from services.gpu.training.best import BestWeights
 from services.gpu.training.callbacks import (
     Payload,
     gpu_memory_gb,
@@ -181,6 +184,7 @@ class Prepared:
     chat: ChatTokenizer
     dataset: Any  # datasets.Dataset of the training examples
     eval_examples: list[dict[str, list[int]]]
+    eval_conversations: list[Any]  # the skill's conversations that `eval_examples` were tokenized from
 
 
 def _prepare_data(spec: TrainingSpec) -> Step:
@@ -223,6 +227,9 @@ def _prepare_data(spec: TrainingSpec) -> Step:
         yield log(too_long, level="warning")
     train_index, eval_index = eval_split(len(examples), hp.seed)
     eval_examples = [examples[i] for i in eval_index]
+    skipped = {*report.cut, *report.dropped}
+    kept_conversations = [turn for index, turn in enumerate(spec.conversations) if index not in skipped]
+    eval_conversations = [kept_conversations[i] for i in eval_index]
     examples = [examples[i] for i in train_index]
     if eval_examples:
         yield log(
@@ -244,7 +251,7 @@ def _prepare_data(spec: TrainingSpec) -> Step:
         f"Loaded {len(dataset)} training examples ({n_tokens} tokens, {n_labels} assistant tokens)"
         + "".join(f"; {note}" for note in notes)
     )
-    return Prepared(tokenizer, chat, dataset, eval_examples)
+    return Prepared(tokenizer, chat, dataset, eval_examples, eval_conversations)
 
 
 # --- 4. model ------------------------------------------------------------------------------------------------
@@ -290,6 +297,7 @@ class Fitted:
     trainer: Any
     history: list[Payload]
     training_time: float
+    best: BestWeights
 
 
 def _sft_config(spec: TrainingSpec, trainable: TrainableModel, output_dir: Path, pad_multiple: int | None) -> Any:
@@ -385,6 +393,7 @@ def _fit(spec: TrainingSpec, prepared: Prepared, model: Model) -> Step:
     events: queue.Queue[Payload] = queue.Queue()
     stop = threading.Event()
     history: list[Payload] = []
+    best = BestWeights()
     dataset = prepared.dataset
     try:
         config = _sft_config(spec, trainable, staging, pad_multiple)
@@ -412,7 +421,7 @@ def _fit(spec: TrainingSpec, prepared: Prepared, model: Model) -> Step:
             # the JSONB event log) and, as logging comes before saving in HF's step, before its checkpoint.
             callbacks=[
                 make_watchdog_callback(events),
-                make_progress_callback(events, stop, history, prepared.eval_examples),
+                make_progress_callback(events, stop, history, prepared.eval_examples, best),
             ],
         )
         trainer.fault_retry = spec.retry
@@ -440,7 +449,7 @@ def _fit(spec: TrainingSpec, prepared: Prepared, model: Model) -> Step:
     training_time = time.perf_counter() - started
     if stop.is_set():
         raise JobCancelled("Training was stopped before the end")
-    return Fitted(trainer, history, training_time)
+    return Fitted(trainer, history, training_time, best)
 
 
 # --- 6. save -------------------------------------------------------------------------------------------------
@@ -454,6 +463,17 @@ def _save(spec: TrainingSpec, setup: Setup, prepared: Prepared, model: Model, fi
     precision, training_path = model.trainable.precision, model.trainable.training_path
     output_dir = Path(spec.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    best, final_step = fitted.best, trainer.state.global_step
+    # The schedule measures the last step; a run resumed at its very end did not.
+    if eval_examples and best.last_step != final_step:
+        best.offer(trainer.model, final_step, data.held_out_loss(trainer.model, eval_examples))
+    # Keep the best adapter, not the last (`best.py`): the saved weights are never worse than the best measured.
+    restored = best.restore(trainer.model)
+    kept = best.message(restored)
+    if kept:
+        yield log(kept)
+    kept_step = best.best_step if restored else best.last_step
+    eval_after = (best.best_loss if restored else best.last_loss) if eval_examples else None
     # The catalog id, not this machine's cache path: the adapter must load on either backend.
     for peft_config in trainer.model.peft_config.values():
         peft_config.base_model_name_or_path = spec.base_model
@@ -461,7 +481,6 @@ def _save(spec: TrainingSpec, setup: Setup, prepared: Prepared, model: Model, fi
     (output_dir / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub, not ours
 
     losses = [p["loss"] for p in history if p.get("loss") is not None]
-    eval_after = data.held_out_loss(trainer.model, eval_examples) if eval_examples else None
     improvement_pct = (
         round(100.0 * (eval_before - eval_after) / eval_before, 2)
         if eval_before is not None and eval_after is not None and eval_before > 0
@@ -472,6 +491,7 @@ def _save(spec: TrainingSpec, setup: Setup, prepared: Prepared, model: Model, fi
             f"Held-out loss after training: {eval_after:.4f} (before {eval_before:.4f}, "
             f"improvement {improvement_pct}%) on {len(eval_examples)} examples"
         )
+    evaluation = yield from _side_by_side(spec, prepared, trainer.model, training_path, kept_step)
     train_tokens = int(trainer.state.num_input_tokens_seen or 0)
     # Throughput over the optimizer steps themselves (as in the progress events), not the setup around them.
     step_seconds = history[-1]["elapsed_seconds"] if history else training_time
@@ -491,6 +511,10 @@ def _save(spec: TrainingSpec, setup: Setup, prepared: Prepared, model: Model, fi
         "eval_loss_after": eval_after,
         "improvement_pct": improvement_pct,
         "eval_loss_history": [{"step": p["step"], "eval_loss": p["eval_loss"]} for p in history if "eval_loss" in p],
+        "best_step": kept_step,
+        "best_eval_loss": eval_after,
+        "last_eval_loss": best.last_loss,
+        "restored_best": restored,
     }
     metadata_doc: dict[str, Any] = {
         "job_id": spec.job_id,
@@ -504,6 +528,7 @@ def _save(spec: TrainingSpec, setup: Setup, prepared: Prepared, model: Model, fi
         "dataset_examples": len(spec.conversations),
         "chat_template_sha256": prepared.chat.template_sha256,
         "metrics": metrics,
+        "evaluation": evaluation,
         "library_versions": library_versions(),
         "seed": hp.seed,
         "device": precision.device,
@@ -529,7 +554,40 @@ def _save(spec: TrainingSpec, setup: Setup, prepared: Prepared, model: Model, fi
         "eval_loss_before": eval_before,
         "eval_loss_after": eval_after,
         "improvement_pct": improvement_pct,
+        "best_step": kept_step,
+        "best_eval_loss": eval_after,
+        "last_eval_loss": best.last_loss,
+        "restored_best": restored,
+        "evaluation": evaluation,
     }
+
+
+def _side_by_side(spec: TrainingSpec, prepared: Prepared, model: Any, training_path: str, step: int | None) -> Step:
+    """Held-out prompts answered by the base model and the adapter (`evaluation.py`), or None without a
+    held-out split. A failure here never fails the run: the adapter is saved already; it is logged."""
+    from services.gpu.training.evaluation import side_by_side
+
+    if not prepared.eval_conversations:
+        return None
+    try:
+        evaluation = side_by_side(
+            model,
+            prepared.tokenizer,
+            prepared.chat,
+            spec.system_prompt,
+            prepared.eval_conversations,
+            step=step,
+            training_path=training_path,
+        )
+    except Exception as exc:  # a side-by-side is worth a warning, not the trained adapter
+        yield log(f"Could not generate the side-by-side answers: {type(exc).__name__}: {exc}", level="warning")
+        return None
+    count = len(evaluation["samples"])
+    yield log(
+        f"Answered {count} held-out prompt{'s' if count != 1 else ''} with the base model and the adapter "
+        f"(greedy, up to {evaluation['max_new_tokens']} tokens) in {evaluation['seconds']:.1f}s"
+    )
+    return evaluation
 
 
 def train(spec: TrainingSpec, device: str | None = None) -> Generator[Payload, None, None]:

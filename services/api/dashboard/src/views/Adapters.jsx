@@ -4,6 +4,7 @@ import { api } from "../api.js";
 import { ConfirmDialog } from "../components/ConfirmDialog.jsx";
 import { ErrorNote } from "../components/ErrorNote.jsx";
 import { ExportLink } from "../components/ExportLink.jsx";
+import { QualityStars } from "../components/Quality.jsx";
 import { TestChat } from "../components/TestChat.jsx";
 import { ago, dateTime, loss, money, shortDuration } from "../format.js";
 
@@ -68,6 +69,10 @@ export function Adapters() {
               <strong>v{a.version}</strong> • {a.is_active ? <span class="ok">Active ✓</span> : <span class="muted">Inactive</span>}
             </p>
             <dl class="facts">
+              <dt>Quality</dt>
+              <dd>
+                <QualityStars quality={a.quality} testId="adapter-quality" />
+              </dd>
               <dt>Loss</dt>
               <dd>{loss(a.final_loss, 2)}</dd>
               <dt>Examples</dt>

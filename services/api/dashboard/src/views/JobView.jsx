@@ -5,6 +5,7 @@ import { api } from "../api.js";
 import { Chart } from "../components/Chart.jsx";
 import { ErrorNote } from "../components/ErrorNote.jsx";
 import { ExportLink } from "../components/ExportLink.jsx";
+import { QualityLine } from "../components/Quality.jsx";
 import { TestChat } from "../components/TestChat.jsx";
 import { clock, duration, loss, lossChange, money } from "../format.js";
 import { navigate } from "../router.js";
@@ -70,7 +71,7 @@ export function JobView({ jobId }) {
 
   return (
     <main data-status={done ? job.status : status}>
-      {done && job.status === "completed" && <Complete job={job} skillName={skillName} />}
+      {done && job.status === "completed" && <Complete job={job} skillName={skillName} onChange={refresh} />}
       {done && job.status === "failed" && <ErrorPanel job={job} />}
       {done && job.status === "cancelled" && <Cancelled job={job} />}
       {!done && <RunningHeader job={job} />}
@@ -195,7 +196,7 @@ function statusText(status) {
   );
 }
 
-function Complete({ job, skillName }) {
+function Complete({ job, skillName, onChange }) {
   const [exportError, setExportError] = useState(null);
   const heldOut = lossChange(job.eval_loss_before, job.eval_loss_after);
   const training = lossChange(job.initial_loss, job.final_loss);
@@ -203,6 +204,7 @@ function Complete({ job, skillName }) {
   return (
     <>
       <h1>Training Complete: {skillName}</h1>
+      {job.activated === false && <NotActivated job={job} onChange={onChange} />}
       <section class="card banner success" data-testid="complete">
         <h2>Success!</h2>
         <dl class="stats">
@@ -229,9 +231,12 @@ function Complete({ job, skillName }) {
               Improvement: {heldOut} on {job.eval_examples} held-out examples the adapter never trained on
             </p>
           )}
+          <QualityLine quality={job.quality} />
+          <KeptStep job={job} />
           {training && <p>{heldOut ? "Training loss: " : "Improvement: "}{training}</p>}
         </div>
       </section>
+      {job.evaluation?.samples?.length > 0 && <SideBySide evaluation={job.evaluation} />}
       {job.adapter_id && <TestChat skillId={job.skill_id} skillName={skillName} adapterId={job.adapter_id} />}
       <div class="actions card">
         <a class="button" href={`#/train/${job.skill_id}`}>
@@ -249,6 +254,110 @@ function Complete({ job, skillName }) {
       </div>
       <ErrorNote error={exportError} title="Could not export the adapter." />
     </>
+  );
+}
+
+// Which step's weights the adapter holds: the lowest held-out loss measured (about every 10% of the steps).
+function KeptStep({ job }) {
+  if (job.best_step == null || job.best_eval_loss == null) return null;
+  const total = job.total_steps ? ` of ${job.total_steps}` : "";
+  return (
+    <p data-testid="kept-step">
+      {job.restored_best
+        ? `Kept the weights of step ${job.best_step}${total}: held-out loss ${loss(job.best_eval_loss)} (the last step had ${loss(job.last_eval_loss)}).`
+        : `Kept the weights of the last step (${job.best_step}${total}): held-out loss ${loss(job.best_eval_loss)}, the best measured.`}
+    </p>
+  );
+}
+
+// The regression gate kept this version but did not activate it: say why, and let the user activate it anyway.
+function NotActivated({ job, onChange }) {
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState(null);
+  const check = job.regression_check || {};
+  const version = job.adapter_version != null ? `v${job.adapter_version}` : "This version";
+
+  async function activate() {
+    setBusy(true);
+    setError(null);
+    try {
+      await api(`/api/adapters/${job.adapter_id}/activate`, { method: "POST" });
+      await onChange();
+    } catch (e) {
+      setError(e);
+    }
+    setBusy(false);
+  }
+
+  if (job.adapter_active)
+    return (
+      <section class="card banner" role="status" data-testid="not-activated">
+        <p>
+          {version} is active now: it was activated by hand after the regression gate kept it back.
+        </p>
+      </section>
+    );
+  return (
+    <section class="card banner failure" role="alert" data-testid="not-activated">
+      <h2>⚠️ {version} is saved, but it is not the active version</h2>
+      <p>{job.not_activated_reason || "Its held-out loss is worse than the active version's."}</p>
+      {check.active_eval_loss != null && check.eval_loss != null && (
+        <p class="muted small">
+          Held-out loss on the same {check.eval_examples} examples: {version} {loss(check.eval_loss, 4)}, active v{check.active_version}{" "}
+          {loss(check.active_eval_loss, 4)} (lower is better). The active version keeps answering until you choose.
+        </p>
+      )}
+      <ErrorNote error={error} title="Could not activate it." />
+      <div class="actions">
+        <button type="button" class="primary" onClick={activate} disabled={busy || !job.adapter_id}>
+          {busy ? "Activating…" : `Activate ${version} anyway`}
+        </button>
+        {job.adapter_id && (
+          <a class="button" href={`#/compare/${job.skill_id}?a=${job.adapter_version ?? ""}`}>
+            Compare the versions
+          </a>
+        )}
+      </div>
+    </section>
+  );
+}
+
+// Held-out prompts (never trained on): the example's own answer, the base model's and the adapter's.
+function SideBySide({ evaluation }) {
+  const answer = (text) => (text ? text : <span class="muted">(no answer: it stopped at once)</span>);
+  return (
+    <section class="card" aria-labelledby="side-by-side-title" data-testid="side-by-side">
+      <h2 id="side-by-side-title">Held-out prompts, side by side</h2>
+      <p class="muted small">
+        {evaluation.samples.length} prompt{evaluation.samples.length === 1 ? "" : "s"} the adapter never trained on, answered {evaluation.decoding || "greedy"} (up to{" "}
+        {evaluation.max_new_tokens} tokens){evaluation.step != null ? ` with the weights of step ${evaluation.step}` : ""}.
+      </p>
+      <div class="table-wrap">
+        <table class="side-by-side">
+          <thead>
+            <tr>
+              <th scope="col">Reference answer</th>
+              <th scope="col">Base model</th>
+              <th scope="col">Adapter</th>
+            </tr>
+          </thead>
+          {evaluation.samples.map((s, i) => (
+            <tbody key={i} data-testid="evaluation-sample">
+              <tr>
+                <th scope="rowgroup" colSpan={3} class="prompt">
+                  <span class="muted">You:</span> {s.prompt}
+                </th>
+              </tr>
+              <tr data-testid="evaluation-row">
+                <td data-label="Reference answer">{s.reference}</td>
+                <td data-label="Base model">{answer(s.base)}</td>
+                <td data-label="Adapter">{answer(s.adapter)}</td>
+              </tr>
+            </tbody>
+          ))}
+        </table>
+      </div>
+    </section>
   );
 }
 
