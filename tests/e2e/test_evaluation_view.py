@@ -15,17 +15,9 @@ from playwright.async_api import Page, Route, expect
 
 from tests.conftest import Stack, create_skill, wait_for_status
 from tests.e2e.conftest import PHONE, log_in, screenshot
+from tests.integration.test_training_e2e import TINY
 
 pytestmark = pytest.mark.slow
-
-TINY = {
-    "preset": "quick",
-    "base_model": "tiny-random",
-    "max_steps": 6,
-    "batch_size": 2,
-    "gradient_accumulation_steps": 1,
-    "max_seq_length": 128,
-}
 
 
 async def test_complete_view_shows_the_side_by_side_evaluation_and_stars(

@@ -68,9 +68,6 @@ class EvaluatingBackend:
             **(measured if held else {"eval_examples": 0}),
         }
 
-    async def generate(self, request: dict[str, Any]) -> str:
-        return "fake"
-
 
 @pytest.fixture
 def queue_settings(migrated: Settings) -> Settings:

@@ -69,9 +69,6 @@ class FakeBackend:
         finally:
             self.stopped.append(spec.job_id)
 
-    async def generate(self, request: dict[str, Any]) -> str:
-        return "fake"
-
 
 def _progress(step: int, total: int) -> dict[str, Any]:
     return {

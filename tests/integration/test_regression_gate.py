@@ -51,9 +51,6 @@ class ScriptedLossBackend:
             "improvement_pct": round(100 * (4.0 - after) / 4.0, 2),
         }
 
-    async def generate(self, request: dict[str, Any]) -> str:
-        return "fake"
-
 
 @pytest.fixture
 def gate_settings(migrated: Settings) -> Settings:
