@@ -93,7 +93,7 @@ class BodySizeLimit:
             await self._reject(scope, send, declared)
 
     async def _reject(self, scope: Scope, send: Send, declared: int | None) -> None:
-        response = error_response(scope["path"], 413, too_large_body(self.max_bytes, declared))
+        response = error_response(scope.get("path", ""), 413, too_large_body(self.max_bytes, declared))
         await response({"type": "http"}, _no_body, send)
 
 

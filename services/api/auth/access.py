@@ -146,7 +146,7 @@ class CredentialsBeforeBody:
             return
         await discard_body(receive, self.max_bytes)  # bounded, so the client is still listening for the answer
         body = error_body("unauthorized", "A valid API key is required.", suggestions=LOGIN_HINTS)
-        await error_response(scope["path"], 401, body, WWW_AUTHENTICATE)(scope, receive, send)
+        await error_response(scope.get("path", ""), 401, body, WWW_AUTHENTICATE)(scope, receive, send)
 
 
 def principal_of(connection: HTTPConnection) -> Principal:
