@@ -58,7 +58,9 @@ export function JobView({ jobId }) {
   }, [jobId]);
 
   // The final figures (cost, held-out loss, adapter) are on the job row: read it once the stream ends.
-  const status = state.status || job?.status;
+  // A finished job row is final: the stream's replay of its earlier statuses ("running") must not
+  // take the Complete view away again (that remounted the test chat and lost what was typed).
+  const status = isFinished(job?.status) ? job.status : state.status || job?.status;
   const terminal = isFinished(status);
   useEffect(() => {
     if (terminal) refresh();
