@@ -10,8 +10,8 @@ go, so there is no window between "first client of a job arrives" and "Redis
 confirmed the SUBSCRIBE" in which an event could slip past, no unsubscribe race
 when the last client leaves as another arrives, and a reconnect restores one
 pattern, not thousands of channels. The cost, every job's events reaching every
-API process, is small: one JSON line per training step, dropped at once when that
-job has no client here.
+API process, is small: one JSON line per training step, parsed (its lag is measured,
+`fastbrain_event_lag_seconds`) and dropped when that job has no client here.
 
 Nothing is ever lost, only delayed, because `fb_training_logs` is the truth and
 pub/sub is a hint (events are written before they are published):
@@ -40,9 +40,11 @@ import re
 import socket
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import structlog
+from prometheus_client import Histogram
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from sqlalchemy import select
@@ -68,6 +70,26 @@ PING_INTERVAL_SECONDS: Final = 5.0
 PING_TIMEOUT_SECONDS: Final = 5.0
 BACKOFF_MIN_SECONDS: Final = 0.1
 BACKOFF_MAX_SECONDS: Final = 5.0
+
+# Every event the hub hears counts, watched or not: the path's health should not depend on viewers.
+EVENT_LAG: Final = Histogram(
+    "fastbrain_event_lag_seconds",
+    "From an event's `ts` (the database clock at its write) to its arrival in this API process's hub.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+
+
+def observe_lag(event: dict[str, Any], now: datetime | None = None) -> float | None:
+    """Record how late `event` arrived (clamped at 0: the clocks of database and API may differ a little)."""
+    try:
+        ts = datetime.fromisoformat(str(event["ts"]))
+    except (KeyError, ValueError):
+        return None
+    if ts.tzinfo is None:
+        return None
+    lag = max(0.0, ((now or datetime.now(UTC)) - ts).total_seconds())
+    EVENT_LAG.observe(lag)
+    return lag
 
 
 def hub_client_name() -> str:
@@ -306,13 +328,15 @@ class EventHub:
     def _dispatch(self, channel: bytes | str, data: bytes | str) -> None:
         name = channel.decode() if isinstance(channel, bytes) else channel
         subs = self._subscriptions.get(name.removeprefix(CHANNEL_PREFIX))
-        if not subs:
-            return
         try:
             event = json.loads(data)
             int(event["seq"])
         except (ValueError, TypeError, KeyError) as exc:
-            log.warning("event_hub_bad_message", channel=name, error=repr(exc))
+            if subs:  # a bad message nobody here waits for is no one's concern
+                log.warning("event_hub_bad_message", channel=name, error=repr(exc))
+            return
+        observe_lag(event)
+        if not subs:
             return
         for sub in list(subs):
             sub.deliver(event)

@@ -42,6 +42,15 @@ class Settings(BaseSettings):
     )
     worker_max_jobs: int = Field(4, ge=1, description="Concurrent arq jobs per worker (training runs in subprocesses).")
     worker_health_seconds: int = Field(5, ge=1, description="How often the worker reports it is alive.")
+    worker_metrics_port: int = Field(
+        9101,
+        ge=0,
+        le=65535,
+        description="Port of the worker's Prometheus endpoint (unauthenticated: keep it on loopback); 0 turns it off.",
+    )
+    worker_metrics_host: str = Field(
+        "127.0.0.1", description="Address the worker's Prometheus endpoint binds; anything but loopback exposes it."
+    )
     generation_timeout_seconds: int = Field(
         300, ge=5, description="Longest wait for a data report, or for a chat's first event from the engine."
     )

@@ -24,6 +24,8 @@ from services.api.data.endpoints import router as data_router
 from services.api.deps import AppState, reject_nul_in_url
 from services.api.errors import Unavailable, install_error_handlers
 from services.api.limits import install_body_limit
+from services.api.metrics.endpoints import router as metrics_router
+from services.api.metrics.http import HttpMetrics
 from services.api.security import CSP_HEADER, SecurityHeadersMiddleware, docs_csp
 from services.api.serving.endpoints import router as serving_router
 from services.api.serving.engine import EngineClient
@@ -111,7 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)  # CSP, nosniff, no-referrer; no CORS middleware: CORS is off
     install_error_handlers(app)
     install_body_limit(app, settings.max_request_body_bytes)
-    app.add_middleware(CredentialsBeforeBody, max_bytes=settings.max_request_body_bytes)  # outermost
+    app.add_middleware(CredentialsBeforeBody, max_bytes=settings.max_request_body_bytes)
+    app.add_middleware(HttpMetrics)  # outermost: also counts what the other middlewares refuse (401, 413)
     routers = (
         skills_router,
         data_router,
@@ -121,6 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         system_router,
         auth_router,
         serving_router,
+        metrics_router,
     )
     for router in routers:
         app.include_router(router)

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.worker import completion, store
+from services.worker import completion, metrics, store
 from services.worker.context import WorkerContext
 from services.worker.lease import Recorder, in_transaction, publish_quietly, watch
 from services.worker.recovery import RecoveryLimits, decide
@@ -66,16 +67,27 @@ async def run_training(ctx: WorkerContext, job_id_text: str) -> str:
     job_id = uuid.UUID(job_id_text)
     structlog.contextvars.bind_contextvars(job_id=job_id_text)
     try:
-        claimed = await in_transaction(ctx, lambda session: job_state.claim(session, job_id, ctx["worker_id"]))
+        claimed = await in_transaction(ctx, lambda session: _claim(session, job_id, ctx["worker_id"]))
         if claimed is None:
             log.info("job_not_claimable")
             return "skipped"
-        lease, job, started = claimed
+        (lease, job, started), queued_at = claimed
+        metrics.attempt_claimed(queued_at, started["ts"])
         structlog.contextvars.bind_contextvars(attempt=lease.attempt)
         await publish_quietly(ctx, started)
         return await _run_attempt(ctx, Recorder(ctx, lease), job)
     finally:
         structlog.contextvars.unbind_contextvars("job_id", "attempt")
+
+
+async def _claim(
+    session: AsyncSession, job_id: uuid.UUID, worker_id: str
+) -> tuple[tuple[job_state.Lease, TrainingJob, dict[str, Any]], datetime | None] | None:
+    """The claim, and (in its transaction) when the attempt was queued, for the queue-wait metric."""
+    claimed = await job_state.claim(session, job_id, worker_id)
+    if claimed is None:
+        return None
+    return claimed, await metrics.queued_at(session, job_id, claimed[2]["seq"])
 
 
 async def _run_attempt(ctx: WorkerContext, recorder: Recorder, job: TrainingJob) -> str:
@@ -201,10 +213,10 @@ async def _drive(
             await completion.complete(ctx, recorder, job, spec, payload, time.monotonic() - started, spent)
             return None
         if kind == "error":
-            return {**payload, "cost_usd": completion.try_cost(ctx, payload, time.monotonic() - started)}
+            return {**payload, "cost_usd": completion.bill_run(ctx, payload, time.monotonic() - started)}
         await recorder.emit(payload)
     failed = {"type": "error", "category": "INTERNAL", "message": "Trainer ended without a result"}
-    return {**failed, "cost_usd": completion.try_cost(ctx, failed, time.monotonic() - started)}
+    return {**failed, "cost_usd": completion.bill_run(ctx, failed, time.monotonic() - started)}
 
 
 def _timeout_payload(limit: int) -> dict[str, Any]:

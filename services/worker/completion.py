@@ -18,7 +18,7 @@ import structlog
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.worker import store
+from services.worker import metrics, store
 from services.worker.context import WorkerContext
 from services.worker.lease import Recorder, in_transaction, publish_quietly
 from shared.db import job_state
@@ -44,6 +44,14 @@ def try_cost(ctx: WorkerContext, payload: dict[str, Any], wall_seconds: float) -
     if getattr(ctx["backend"], "bills_gpu_time", False):
         return float(payload.get("cost_usd") or 0.0)
     return wall_seconds / 3600.0 * ctx["settings"].local_price_per_hour
+
+
+def bill_run(ctx: WorkerContext, payload: dict[str, Any], wall_seconds: float) -> float:
+    """`try_cost`, also counted in the GPU-seconds and cost metrics: call it once per trainer run."""
+    cost = try_cost(ctx, payload, wall_seconds)
+    billed_seconds = payload.get("gpu_seconds") if getattr(ctx["backend"], "bills_gpu_time", False) else wall_seconds
+    metrics.run_billed(float(billed_seconds or 0.0), cost)
+    return cost
 
 
 async def _measurements(
@@ -209,7 +217,7 @@ async def complete(
     lease = recorder.lease
     device = device_key(str(getattr(ctx["backend"], "device", "") or "cpu"))
     training_seconds = float(payload.get("training_time_seconds") or wall_seconds)
-    cost = round(spent + try_cost(ctx, payload, wall_seconds), 4)  # failed tries are billed too
+    cost = round(spent + bill_run(ctx, payload, wall_seconds), 4)  # failed tries are billed too
     staging = Path(spec.output_dir)
     hp = spec.hyperparameters
 
@@ -299,6 +307,7 @@ async def complete(
         store.remove(staging)  # this attempt's own staging directory; nobody else writes there
         raise
     events, version, measured = result
+    metrics.job_finished("completed", recorder.attempt_seconds(), events[-1])
     await publish_quietly(ctx, events)
     store.remove(checkpoint_root(settings, job.skill_id, job.id))
     log.info(
@@ -350,6 +359,7 @@ async def fail(
             **billed,
         ),
     )
+    metrics.job_finished("failed", recorder.attempt_seconds(), event)
     await publish_quietly(ctx, event)
     store.remove(Path(spec.output_dir))
     store.remove(checkpoint_root(ctx["settings"], job.skill_id, job.id))
@@ -382,6 +392,7 @@ async def cancelled(ctx: WorkerContext, recorder: Recorder, job: TrainingJob, sp
             },
         ),
     )
+    metrics.job_finished("cancelled", recorder.attempt_seconds(), event)
     await publish_quietly(ctx, event)
     store.remove(Path(spec.output_dir))
     store.remove(checkpoint_root(ctx["settings"], job.skill_id, job.id))

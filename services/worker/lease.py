@@ -92,6 +92,10 @@ class Recorder:
         self.ctx = ctx
         self.lease = lease
         self.ending = asyncio.Event()  # set when an ending transition starts: the watcher stands down
+        self._claimed = time.monotonic()  # built right after the claim: the attempt's start
+
+    def attempt_seconds(self) -> float:
+        return time.monotonic() - self._claimed
 
     async def write(
         self,

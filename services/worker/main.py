@@ -12,6 +12,7 @@ import structlog
 from arq.cron import cron
 from arq.worker import Worker, func
 
+from services.worker import metrics
 from services.worker.attempt import run_training
 from services.worker.backends import create_backend
 from services.worker.backends.base import GpuBackend
@@ -54,6 +55,7 @@ def build_worker(
     worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
     async def startup(ctx: dict[str, Any]) -> None:
+        metrics.serve(settings)  # once per process, however many workers it builds
         typed = cast(WorkerContext, ctx)
         engine = create_engine(database_url, application_name="fastbrain-worker")
         typed["settings"] = settings

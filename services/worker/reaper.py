@@ -18,7 +18,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.worker import store
+from services.worker import metrics, store
 from services.worker.attempt import enqueue
 from services.worker.completion import checkpoint_root, failure_details
 from services.worker.context import WorkerContext
@@ -38,6 +38,7 @@ async def reap_stale_jobs(ctx: WorkerContext) -> int:
     ended: list[job_state.StaleJob] = []
 
     async def work(session: AsyncSession) -> list[Reaped]:
+        ended.clear()  # a retried transaction starts over: only the committed try's endings count
         reaped = []
         for stale in await job_state.stale_jobs(session, settings.heartbeat_stale_seconds):
             history = [
@@ -68,6 +69,8 @@ async def reap_stale_jobs(ctx: WorkerContext) -> int:
             await enqueue(ctx, result.job_id, result.requeued_as)
         await publish_quietly(ctx, result.events)
     for stale in ended:  # no attempt will resume these
+        # Its attempt ran on the silent worker: when it started is not known here.
+        metrics.job_finished((JobStatus.CANCELLED if stale.cancel_requested else JobStatus.FAILED).value, None)
         store.remove(checkpoint_root(settings, stale.skill_id, stale.lease.job_id))
     if reaped:
         requeued = sum(1 for r in reaped if r.requeued_as)

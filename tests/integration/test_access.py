@@ -123,6 +123,10 @@ def test_the_route_table_is_what_the_coverage_test_walks() -> None:
     """The public paths are exactly these; everything else (and every WebSocket) needs a key."""
     assert len(HTTP_ROUTES) >= 25 and len(WS_ROUTES) == 1
     assert set(PUBLIC_PATHS) == {"/", "/favicon.svg", "/docs", "/api/health"}
+    # Prometheus's scrape target is a route like any other (a mounted metrics app would skip `authorize`),
+    # and it needs an admin key: its job counts span every workspace.
+    metrics = [route for method, path, route in HTTP_ROUTES if (method, path) == ("GET", "/metrics")]
+    assert len(metrics) == 1 and required_scope(metrics[0]) == Scope.ADMIN
 
 
 @pytest.mark.parametrize(("method", "template", "route"), HTTP_ROUTES, ids=[f"{m} {p}" for m, p, _ in HTTP_ROUTES])

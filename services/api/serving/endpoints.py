@@ -88,8 +88,10 @@ async def get_model(model: str, session: SessionDep) -> Model:
 async def chat_completions(
     body: ChatCompletionRequest, state: StateDep, principal: PrincipalDep
 ) -> ChatCompletion | StreamingResponse:
+    started = time.perf_counter()
     async with state.session(principal) as session:  # short: no connection is held while the model answers
         target = await models.resolve(session, body.model)
+    first = service.FirstToken(target.base_model, started)  # resolving the model counts too
     messages = [
         ChatMessage(role="system" if m.role in ("system", "developer") else m.role, content=m.text)
         for m in body.messages
@@ -106,8 +108,8 @@ async def chat_completions(
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return await _stream(state, request, completion_id, created, body.model, include_usage)
-    answer = await service.complete(state.engine, request)
+        return await _stream(state, request, completion_id, created, body.model, include_usage, first)
+    answer = await service.complete(state.engine, request, first)
     return ChatCompletion(
         id=completion_id,
         created=created,
@@ -127,7 +129,13 @@ def _data(payload: ChatCompletionChunk | dict[str, Any]) -> str:
 
 
 async def _stream(
-    state: AppState, request: GenerateRequest, completion_id: str, created: int, model: str, include_usage: bool
+    state: AppState,
+    request: GenerateRequest,
+    completion_id: str,
+    created: int,
+    model: str,
+    include_usage: bool,
+    first: service.FirstToken,
 ) -> StreamingResponse:
     stack = AsyncExitStack()
     # Entered here, not in the body: a refusal (unknown files, full queue) is still an HTTP error status.
@@ -146,6 +154,7 @@ async def _stream(
                 if event.type == "start":
                     prompt_tokens = event.prompt_tokens
                 elif event.type == "delta":
+                    first.token()
                     yield chunk(Delta(content=event.text))
                 elif event.type == "error":
                     yield _data(openai_error(502, event.code, f"Generation failed: {event.message}"))

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 
 from services.api.errors import ApiError
+from services.api.metrics.instruments import FIRST_TOKEN
 from services.api.serving.engine import EngineClient
 from services.api.serving.models import Target
 from shared.schemas.serving import ChatMessage, EngineEvent, ErrorEvent, FinishReason, GenerateRequest, Sampling
@@ -29,6 +30,20 @@ def engine_request(target: Target, messages: list[ChatMessage], sampling: Sampli
     )
 
 
+class FirstToken:
+    """Observes `fastbrain_inference_first_token_seconds` once, at a request's first token."""
+
+    def __init__(self, base_model: str, started: float | None = None) -> None:
+        self.base_model = base_model
+        self.started = time.perf_counter() if started is None else started  # a `time.perf_counter()` reading
+        self._seen = False
+
+    def token(self) -> None:
+        if not self._seen:
+            self._seen = True
+            FIRST_TOKEN.labels(self.base_model).observe(time.perf_counter() - self.started)
+
+
 def failure(event: ErrorEvent) -> GenerationFailed:
     return GenerationFailed(f"Generation failed: {event.message}", code=event.code)
 
@@ -42,9 +57,10 @@ class Answer:
     seconds: float
 
 
-async def complete(engine: EngineClient, request: GenerateRequest) -> Answer:
+async def complete(engine: EngineClient, request: GenerateRequest, first: FirstToken | None = None) -> Answer:
     """The whole answer (not streamed)."""
     started = time.perf_counter()
+    first = first or FirstToken(request.base_model)
     pieces: list[str] = []
     prompt_tokens = 0
     async with engine.stream(request) as events:
@@ -53,6 +69,7 @@ async def complete(engine: EngineClient, request: GenerateRequest) -> Answer:
             if event.type == "start":
                 prompt_tokens = event.prompt_tokens
             elif event.type == "delta":
+                first.token()
                 pieces.append(event.text)
             elif event.type == "error":
                 raise failure(event)

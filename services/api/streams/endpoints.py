@@ -24,6 +24,7 @@ from services.api.auth import rate
 from services.api.auth.access import principal_of
 from services.api.auth.protocol import accepted_subprotocol
 from services.api.deps import AppState
+from services.api.metrics.instruments import WEBSOCKETS_OPEN
 from shared.db.keys import Principal, live_principal
 from shared.db.models import TrainingJob
 from shared.events import MAX_SEQ
@@ -99,7 +100,8 @@ async def _serve(
     receiver = asyncio.create_task(_until_disconnect(websocket), name=f"stream-receive-{job_id}")
     guard = asyncio.create_task(_guard(state, principal, slot), name=f"stream-guard-{job_id}")
     try:
-        await asyncio.wait({sender, receiver, guard}, return_when=asyncio.FIRST_COMPLETED)
+        with WEBSOCKETS_OPEN.track_inprogress():  # streams only: refused and not-found sockets end at once
+            await asyncio.wait({sender, receiver, guard}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in (sender, receiver, guard):
             task.cancel()

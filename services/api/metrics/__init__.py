@@ -1,0 +1,1 @@
+"""Prometheus metrics of the API: `GET /metrics` (docs/metrics.md)."""
