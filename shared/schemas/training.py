@@ -52,6 +52,21 @@ class Hyperparameters(BaseModel):
         "each example still attends only to itself (positions restart, block-diagonal attention). Unset: on "
         "from 100 examples; smaller skills train unpacked, since packing would cut their few optimizer steps.",
     )
+    neftune_noise_alpha: float | None = Field(
+        None,
+        ge=0.0,
+        le=50.0,
+        description="NEFTune: uniform noise of this scale (divided by sqrt(sequence length x width)) added to "
+        "the input embeddings while training, a regulariser for small data. None: off.",
+    )
+    early_stopping_patience: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Stop once this many held-out evaluations in a row (each after about 10% of the steps) "
+        "bring no new lowest loss; the best weights are kept either way. 0: train every step. Needs a held-out "
+        "split (10 examples or more).",
+    )
     drop_overlong: bool = Field(
         False,
         description="Drop the examples whose answer max_seq_length cuts, instead of refusing the run. Set by the "
@@ -64,7 +79,8 @@ SMALL_SKILL_EXAMPLES = 100
 
 PRESET_DESCRIPTIONS: dict[Preset, str] = {
     Preset.QUICK: "One fast pass to check that everything works; the adapter learns little.",
-    Preset.STANDARD: "The recommended default: the spec's QLoRA settings for 100+ examples, 8 epochs at lr 4e-4 below.",
+    Preset.STANDARD: "The recommended default: the spec's QLoRA settings for 100+ examples; below that, lr 1e-3 "
+    "at effective batch 4 for up to 8 epochs, stopping once the held-out loss stops improving.",
     Preset.DEEP: "More capacity and more epochs for harder skills; slower and costlier.",
     Preset.CUSTOM: "Start from Standard (for the skill's size) and set every value yourself.",
 }
@@ -78,12 +94,17 @@ PRESETS: dict[Preset, Hyperparameters] = {
 }
 
 # Smaller skills: at effective batch 8, 3 epochs of 9 examples are 6 optimizer steps, which barely
-# move held-out loss; more epochs at a higher rate do (measured: docs/presets.md, bench/presets.py).
+# move held-out loss. More, smaller steps at a higher rate do, and they reach the lowest held-out loss
+# after 2 to 4 epochs, so training stops once 3 evaluations in a row (30% of the run) bring no new
+# best; the epochs are a ceiling (measured on six skills: docs/presets.md, bench/presets.py).
+SMALL_SKILL_STANDARD = Hyperparameters(
+    epochs=8, learning_rate=1e-3, gradient_accumulation_steps=2, early_stopping_patience=3
+)
 SMALL_SKILL_PRESETS: dict[Preset, Hyperparameters] = {
     Preset.QUICK: Hyperparameters(lora_r=8, lora_alpha=8, epochs=1),
-    Preset.STANDARD: Hyperparameters(epochs=8, learning_rate=4e-4),
-    Preset.DEEP: Hyperparameters(lora_r=32, lora_alpha=32, epochs=12, learning_rate=3e-4),
-    Preset.CUSTOM: Hyperparameters(epochs=8, learning_rate=4e-4),
+    Preset.STANDARD: SMALL_SKILL_STANDARD,
+    Preset.DEEP: SMALL_SKILL_STANDARD.model_copy(update={"lora_r": 32, "lora_alpha": 32, "epochs": 12}),
+    Preset.CUSTOM: SMALL_SKILL_STANDARD,
 }
 
 
@@ -114,6 +135,8 @@ class TrainingConfigRequest(NoNulStrings):
     seed: int | None = Field(None, ge=0, le=2**32 - 1)  # numpy's seed range, which transformers' set_seed uses
     gradient_checkpointing: bool | None = None
     packing: bool | None = None
+    neftune_noise_alpha: float | None = Field(None, ge=0.0, le=50.0)
+    early_stopping_patience: int | None = Field(None, ge=0, le=100)
 
     def resolve(self, example_count: int | None = None) -> Hyperparameters:
         """The preset's values for a skill of `example_count` examples, every explicitly set field laid over them."""

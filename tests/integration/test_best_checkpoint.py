@@ -18,13 +18,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import load_file
 
 from services.gpu import data
 from services.gpu.models import load_tokenizer
 from shared.rules.split import eval_split
-from shared.schemas.events import CompletePayload, LogPayload, ProgressPayload, parse_payload
+from shared.schemas.events import CompletePayload, LogPayload, Payload, ProgressPayload, parse_payload
 from shared.schemas.training import TrainingSpec
 from tests.integration.test_trainer import REPO_ROOT, TWELVE, make_spec, models_dir
 
@@ -48,21 +49,24 @@ def _held_out_loss_of(adapter_dir: Path) -> float | None:
     return data.held_out_loss(PeftModel.from_pretrained(base, adapter_dir), _held_out_examples())
 
 
-def test_the_saved_adapter_is_the_best_step_not_the_last(tmp_path: Path) -> None:
+def _train(tmp_path: Path, steps: int, climbing_steps: int, **hyperparameters: Any) -> list[Payload]:
+    """A tiny-random run of `steps` steps on TWELVE whose last `climbing_steps` climb the loss; its payloads."""
     spec_path = make_spec(
         tmp_path,
         conversations=TWELVE,
-        max_steps=STEPS,
+        max_steps=steps,
         batch_size=2,
         gradient_accumulation_steps=1,
         max_seq_length=128,
         lr_scheduler="constant",
         warmup_ratio=0.0,
+        **hyperparameters,
     )
-    root = tmp_path / "checkpoints"
     spec = TrainingSpec.model_validate_json(spec_path.read_text())
     spec_path.write_text(
-        spec.model_copy(update={"checkpoint_dir": str(root), "checkpoint_every_steps": 1}).model_dump_json()
+        spec.model_copy(
+            update={"checkpoint_dir": str(tmp_path / "checkpoints"), "checkpoint_every_steps": 1}
+        ).model_dump_json()
     )
     proc = subprocess.run(
         [sys.executable, "-m", "services.gpu.trainer", str(spec_path)],
@@ -70,10 +74,19 @@ def test_the_saved_adapter_is_the_best_step_not_the_last(tmp_path: Path) -> None
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "FASTBRAIN_TRAIN_DEVICE": "cpu", "FASTBRAIN_TEST_LR_SCALE_LAST_STEPS": "1"},
+        env={
+            **os.environ,
+            "FASTBRAIN_TRAIN_DEVICE": "cpu",
+            "FASTBRAIN_TEST_LR_SCALE_LAST_STEPS": str(climbing_steps),
+        },
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    payloads = [parse_payload(line) for line in proc.stdout.splitlines()]
+    return [parse_payload(line) for line in proc.stdout.splitlines()]
+
+
+def test_the_saved_adapter_is_the_best_step_not_the_last(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    payloads = _train(tmp_path, STEPS, climbing_steps=1)
     measured = {p.step: p.eval_loss for p in payloads if isinstance(p, ProgressPayload) and p.eval_loss is not None}
     assert list(measured) == list(range(1, STEPS + 1)), "a run of 10 steps or fewer is measured after every step"
     best_step = min(measured, key=lambda step: measured[step] or 0.0)
@@ -106,3 +119,21 @@ def test_the_saved_adapter_is_the_best_step_not_the_last(tmp_path: Path) -> None
     assert saved_loss is not None and abs(saved_loss - measured[best_step]) < 1e-5
     last_loss = _held_out_loss_of(last_dir)
     assert last_loss is not None and abs(last_loss - measured[STEPS]) < 1e-5 and saved_loss < last_loss
+
+
+def test_training_stops_early_once_the_held_out_loss_stops_improving(tmp_path: Path) -> None:
+    """Patience 2: the last 5 of 10 steps climb, so steps 6 and 7 score worse than step 5 and the run ends at 7."""
+    payloads = _train(tmp_path, 10, climbing_steps=5, early_stopping_patience=2)
+    measured = {p.step: p.eval_loss for p in payloads if isinstance(p, ProgressPayload) and p.eval_loss is not None}
+    assert list(measured) == list(range(1, 8)), measured
+    assert max(p.step for p in payloads if isinstance(p, ProgressPayload)) == 7  # no step after the 7th
+    assert measured[6] > measured[5] and measured[7] > measured[5]
+    messages = [p.message for p in payloads if isinstance(p, LogPayload)]
+    assert (
+        f"Stopped early at step 7/10: the held-out loss has not improved for 2 evaluations "
+        f"(best {measured[5]:.4f} at step 5)"
+    ) in messages
+    complete = payloads[-1]
+    assert isinstance(complete, CompletePayload)
+    assert complete.best_step == 5 and complete.restored_best is True
+    assert complete.eval_loss_after == measured[5]

@@ -56,3 +56,13 @@ def test_the_last_weights_stay_when_they_are_the_best() -> None:
 
 def test_decoding_on_a_cpu_takes_half_the_threads() -> None:
     assert [cpu_threads(n) for n in (1, 2, 3, 16)] == [1, 1, 1, 8]
+
+
+def test_stalled_after_patience_evaluations_without_a_new_best() -> None:
+    model, best = Tiny(), BestWeights()
+    for step, loss in enumerate([3.0, 2.0, 2.1, 2.0], start=1):  # a tie is no improvement
+        best.offer(model, step, loss)
+    assert best.since_best == 2 and best.stalled(2) and not best.stalled(3)
+    assert not best.stalled(0)  # patience 0: early stopping is off
+    best.offer(model, 5, 1.5)
+    assert best.since_best == 0 and not best.stalled(1)

@@ -38,7 +38,9 @@ def test_presets_adapt_to_the_skill_size() -> None:
     assert large == PRESETS[Preset.STANDARD] == TrainingConfigRequest().resolve()
     small = TrainingConfigRequest().resolve(12)
     assert small == preset_values(Preset.STANDARD, 12) == SMALL_SKILL_PRESETS[Preset.STANDARD]
-    assert (small.epochs, small.learning_rate) == (8, 4e-4) and small.lora_r == large.lora_r
+    assert (small.epochs, small.learning_rate, small.gradient_accumulation_steps) == (8, 1e-3, 2)
+    assert small.early_stopping_patience == 3 and large.early_stopping_patience == 0
+    assert small.lora_r == large.lora_r
     assert small.epochs > large.epochs and small.learning_rate > large.learning_rate
     assert TrainingConfigRequest(preset=Preset.CUSTOM).resolve(12) == small
     # An explicit value still wins over the size-adapted preset.

@@ -24,6 +24,7 @@ class BestWeights:
     last_step: int | None = None
     last_loss: float | None = None
     evaluations: int = 0
+    since_best: int = 0  # evaluations after the best one that did not beat it
     _state: dict[str, Any] | None = field(default=None, repr=False)
 
     def offer(self, model: Any, step: int, loss: float | None) -> bool:
@@ -33,10 +34,15 @@ class BestWeights:
         self.evaluations += 1
         self.last_step, self.last_loss = step, loss
         if self.best_loss is not None and loss >= self.best_loss:
+            self.since_best += 1
             return False
         self._state = trainable_state(model)
-        self.best_step, self.best_loss = step, loss
+        self.best_step, self.best_loss, self.since_best = step, loss, 0
         return True
+
+    def stalled(self, patience: int) -> bool:
+        """Whether the last `patience` evaluations all failed to beat the best (0: never)."""
+        return patience > 0 and self.since_best >= patience
 
     @property
     def last_is_worse(self) -> bool:

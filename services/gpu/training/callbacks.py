@@ -55,13 +55,17 @@ def make_progress_callback(
     history: list[Payload],
     eval_examples: list[dict[str, list[int]]] | None = None,
     best: BestWeights | None = None,
+    patience: int = 0,
 ) -> TrainerCallback:
     """A TrainerCallback that turns each optimizer step's log into a `progress` payload.
 
     With held-out examples, the held-out loss is measured after about every 10% of the steps and after
     the last (`eval_schedule`), carried as `eval_loss` on that step's `progress` payload and offered to
     `best`, which keeps a copy of the best weights (before training and the saved adapter's: by the
-    pipeline). Setting `stop` ends training after the current step.
+    pipeline). With `patience`, training ends early once that many evaluations in a row bring no new
+    best: on a few examples the held-out loss turns up long before the last epoch, and the steps after
+    that only cost time (the best weights are kept either way). Setting `stop` ends training after the
+    current step.
     """
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -75,6 +79,7 @@ def make_progress_callback(
             self.tokens_at_start = 0
             self.eval_steps: set[int] = set()
             self.pending_eval: float | None = None
+            self.stopping_early = False
 
         def on_train_begin(
             self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -113,6 +118,8 @@ def make_progress_callback(
                 self.pending_eval = held_out_loss(model, eval_examples)
                 if best is not None:
                     best.offer(model, state.global_step, self.pending_eval)
+                    if best.stalled(patience) and state.global_step < state.max_steps:
+                        control.should_training_stop = self.stopping_early = True
 
         def on_log(
             self,
@@ -149,6 +156,13 @@ def make_progress_callback(
                 payload["eval_loss"], self.pending_eval = self.pending_eval, None
             history.append(payload)
             events.put(payload)
+            if self.stopping_early and best is not None:
+                events.put(
+                    log(
+                        f"Stopped early at step {step}/{total}: the held-out loss has not improved for "
+                        f"{best.since_best} evaluations (best {best.best_loss:.4f} at step {best.best_step})"
+                    )
+                )
 
     return ProgressCallback()
 

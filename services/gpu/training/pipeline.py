@@ -314,6 +314,7 @@ def _sft_config(spec: TrainingSpec, trainable: TrainableModel, output_dir: Path,
         max_steps=hp.max_steps if hp.max_steps is not None else -1,
         warmup_steps=hp.warmup_ratio,  # a float < 1 is a ratio of the total steps
         lr_scheduler_type=hp.lr_scheduler,
+        neftune_noise_alpha=hp.neftune_noise_alpha,
         logging_steps=1,
         # The watchdog (callbacks.py) must see a NaN/inf loss: by default it is replaced by the window's mean.
         logging_nan_inf_filter=False,
@@ -421,7 +422,7 @@ def _fit(spec: TrainingSpec, prepared: Prepared, model: Model) -> Step:
             # the JSONB event log) and, as logging comes before saving in HF's step, before its checkpoint.
             callbacks=[
                 make_watchdog_callback(events),
-                make_progress_callback(events, stop, history, prepared.eval_examples, best),
+                make_progress_callback(events, stop, history, prepared.eval_examples, best, hp.early_stopping_patience),
             ],
         )
         trainer.fault_retry = spec.retry
