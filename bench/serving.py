@@ -105,7 +105,9 @@ async def ensure_skills(http: httpx.AsyncClient) -> dict[str, str]:
         if active:
             paths[skill_id] = active[0]["storage_path"]
             continue
-        conversations = [{"user": q, "assistant": f"{opener}! {q.rstrip('?!.')} is a fine question."} for q in QUESTIONS]
+        conversations = [
+            {"user": q, "assistant": f"{opener}! {q.rstrip('?!.')} is a fine question."} for q in QUESTIONS
+        ]
         body = {"skill_id": skill_id, "name": skill_id, "system_prompt": prompt, "conversations": conversations}
         created = await http.post("/api/skills", json=body)
         if created.status_code not in (201, 409):
