@@ -170,9 +170,15 @@ function ProgressCard({ job, state, status, connection }) {
         Step {p?.step ?? job.current_step}/{p?.total_steps ?? job.total_steps ?? "?"} • Epoch{" "}
         {Math.max(1, Math.ceil(p?.epoch ?? job.current_epoch ?? 0))}/{p?.total_epochs ?? job.total_epochs ?? "?"}
         {running && ` • ETA: ${eta != null ? duration(eta) : job.estimated_time_minutes ? `~${duration(job.estimated_time_minutes * 60)}` : "–"}`}
+        {stoppedEarly(job) && " • Stopped early: the held-out loss had stopped improving"}
       </p>
     </section>
   );
+}
+
+// Early stopping (small-skill presets) ends a completed run before its planned steps; the epochs were a ceiling.
+function stoppedEarly(job) {
+  return job.status === "completed" && job.total_steps != null && job.current_step != null && job.current_step < job.total_steps;
 }
 
 // The stream's state beside the status: live, reconnecting, or why the server refused it.
