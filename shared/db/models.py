@@ -1,6 +1,7 @@
 """ORM models for the four tables of the spec (fb_skills, fb_training_jobs,
-fb_adapters, fb_training_logs) and for access: workspaces, API keys and the GPU
-spend ledger. Alembic migrations are the source of the schema; these mirror them.
+fb_adapters, fb_training_logs), for access: workspaces, API keys and the GPU
+spend ledger, and for the OpenAI-compatible fine-tuning API: files and the jobs
+made through it. Alembic migrations are the source of the schema; these mirror them.
 """
 
 from __future__ import annotations
@@ -247,3 +248,52 @@ class TrainingLog(Base):
     level: Mapped[str | None] = mapped_column(Text)
     message: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+
+
+class UploadedFile(Base):
+    """A training-data file uploaded through the OpenAI-compatible `POST /v1/files` (migration 0009).
+
+    Stored parsed: its conversations in the skill-example shape (`{user, assistant, history?}`), ready
+    to become a skill's examples; the raw bytes are not kept.
+    """
+
+    __tablename__ = "fb_files"
+    __table_args__ = (Index("idx_files_workspace_created", "workspace_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    # Set from the session's workspace on insert (shared/db/tenancy.py), never by callers.
+    workspace_id: Mapped[str] = mapped_column(Text, ForeignKey("fb_workspaces.id", ondelete="CASCADE"), nullable=False)
+    filename: Mapped[str] = mapped_column(Text, nullable=False)
+    purpose: Mapped[str] = mapped_column(Text, nullable=False)
+    bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    format: Mapped[str] = mapped_column(Text, nullable=False)
+    example_count: Mapped[int] = mapped_column(Integer, nullable=False)
+    system_prompt: Mapped[str | None] = mapped_column(Text)
+    conversations: Mapped[list[Any]] = mapped_column(JSONB, nullable=False)
+    status_details: Mapped[str | None] = mapped_column(Text)  # warnings found at upload (duplicates, prompts)
+    created_at: Mapped[datetime] = _now()
+
+
+class FineTuningJob(Base):
+    """What `POST /v1/fine_tuning/jobs` was asked (migration 0009); the training job with the same id
+    is the run itself, and everything about its state lives there."""
+
+    __tablename__ = "fb_fine_tuning_jobs"
+    __table_args__ = (Index("idx_fine_tuning_jobs_workspace_created", "workspace_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("fb_training_jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    workspace_id: Mapped[str] = mapped_column(Text, ForeignKey("fb_workspaces.id", ondelete="CASCADE"), nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    # File ids as the client gave them (`file-...`); no foreign key: deleting a file keeps its jobs.
+    training_file: Mapped[str] = mapped_column(Text, nullable=False)
+    validation_file: Mapped[str | None] = mapped_column(Text)
+    suffix: Mapped[str | None] = mapped_column(Text)
+    seed: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # n_epochs, batch_size, learning_rate_multiplier as resolved when the job was created.
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    user_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = _now()

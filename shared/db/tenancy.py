@@ -10,6 +10,8 @@ its workspace is known raises instead of reading everything.
 
 Jobs, adapters and events belong to a workspace through their skill (skill ids are
 unique across the installation), so their criteria are sub-selects on `fb_skills`.
+Files and fine-tuning jobs of the OpenAI-compatible API carry their workspace, stamped
+on insert as a skill's is.
 Unscoped sessions are the worker's and the system's (the event hub, migrations, the
 CLI): they act on ids the API has already checked. A deliberate cross-workspace read
 in a scoped session (estimate calibration pools every workspace's timings) says so
@@ -24,7 +26,7 @@ from sqlalchemy import ColumnElement, event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
-from shared.db.models import Adapter, ApiKey, GpuSpend, Skill, TrainingJob, TrainingLog
+from shared.db.models import Adapter, ApiKey, FineTuningJob, GpuSpend, Skill, TrainingJob, TrainingLog, UploadedFile
 
 SCOPED = "fastbrain_scoped"
 WORKSPACE = "fastbrain_workspace"
@@ -66,6 +68,8 @@ def _criteria(workspace_id: str) -> list[tuple[type[Any], ColumnElement[bool]]]:
         (TrainingLog, TrainingLog.job_id.in_(jobs)),
         (GpuSpend, GpuSpend.workspace_id == workspace_id),
         (ApiKey, ApiKey.workspace_id == workspace_id),
+        (UploadedFile, UploadedFile.workspace_id == workspace_id),
+        (FineTuningJob, FineTuningJob.workspace_id == workspace_id),
     ]
 
 
@@ -86,13 +90,19 @@ def _scope_statement(state: ORMExecuteState) -> None:
     )
 
 
+# Rows that carry their workspace: stamped with the session's on insert.
+STAMPED = (Skill, UploadedFile, FineTuningJob)
+
+
 @event.listens_for(Session, "before_flush")
-def _stamp_new_skills(session: Session, _context: Any, _instances: Any) -> None:
+def _stamp_new_rows(session: Session, _context: Any, _instances: Any) -> None:
     if not session.info.get(SCOPED):
         return
     for instance in session.new:
-        if isinstance(instance, Skill):
+        if isinstance(instance, STAMPED):
             workspace_id = session.info.get(WORKSPACE)
             if workspace_id is None:
-                raise WorkspaceNotSet("a scoped session inserted a skill before its workspace was set")
+                raise WorkspaceNotSet(
+                    f"a scoped session inserted a {type(instance).__name__} before its workspace was set"
+                )
             instance.workspace_id = workspace_id

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from services.api.errors import ApiError, Unprocessable
 from shared.schemas.skills import MAX_HISTORY, MAX_TURN_CHARS, Conversation, Exchange
+from shared.schemas.text import NUL, NUL_MESSAGE
 
 MAX_IMPORT_BYTES = 20 * 1024 * 1024
 MAX_PROBLEMS = 50
@@ -156,6 +157,8 @@ def _text(value: Any, what: str) -> str:
         raise _Bad(f"{what} must be text, got {type(value).__name__}")
     if not value.strip():
         raise _Bad(f"{what} is empty")
+    if NUL in value:  # PostgreSQL text cannot hold it; system prompts too are stored (POST /v1/files)
+        raise _Bad(f"{what} {NUL_MESSAGE}")
     if len(value) > MAX_TURN_CHARS:
         raise _Bad(f"{what} is longer than {MAX_TURN_CHARS} characters ({len(value)})")
     return value
