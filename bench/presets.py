@@ -38,6 +38,8 @@ DEFAULT_SKILLS = [
     *sorted((REPO / "bench" / "skills").glob("*.json")),
 ]
 
+SMALL_STANDARD: dict[str, Any] = TrainingConfigRequest().resolve(10).model_dump()  # a skill under 100 examples
+
 # Values laid over the spec's defaults (r 16, alpha 16, lr 2e-4, 3 epochs, batch 2 x accumulation 4).
 CONFIGS: dict[str, dict[str, Any]] = {
     "spec-default": {},
@@ -92,6 +94,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "early_stopping_patience": 3,
     },
     "ep12-lr3e-4-r32": {"epochs": 12, "learning_rate": 3e-4, "lora_r": 32, "lora_alpha": 32},
+    # The small-skill Standard preset with one change each.
+    "default-a32": {**SMALL_STANDARD, "lora_alpha": 32},
+    "default-drop10": {**SMALL_STANDARD, "lora_dropout": 0.1},
+    "default-r64a64": {**SMALL_STANDARD, "lora_r": 64, "lora_alpha": 64},
 }
 
 
