@@ -50,7 +50,8 @@ from redis.asyncio.client import PubSub
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db.models import TERMINAL_JOB_STATUSES, TrainingJob
+from shared.db import export_state
+from shared.db.models import TERMINAL_JOB_STATUSES, Export, TrainingJob
 from shared.events import CHANNEL_PREFIX, history
 from shared.schemas.events import is_terminal
 
@@ -262,9 +263,13 @@ class EventHub:
         """
         async with self.sessionmaker() as session:
             row = (await session.execute(select(TrainingJob.status).where(TrainingJob.id == job_id))).one_or_none()
-            if row is None:
-                return [], True  # deleted with its skill: nothing more will come
-            events = await history(session, job_id, after_seq, limit=BACKFILL_PAGE)
+            if row is not None:
+                events = await history(session, job_id, after_seq, limit=BACKFILL_PAGE)
+            else:  # an export job: the same contract, its own tables (shared/db/export_state.py)
+                row = (await session.execute(select(Export.status).where(Export.id == job_id))).one_or_none()
+                if row is None:
+                    return [], True  # deleted with its skill or adapter: nothing more will come
+                events = await export_state.history(session, job_id, after_seq, limit=BACKFILL_PAGE)
         return events, row.status in TERMINAL_STATUSES and len(events) < BACKFILL_PAGE
 
     # The reader: one pub/sub connection, reconnected with backoff
@@ -370,6 +375,10 @@ class EventHub:
                 chunk = [uuid.UUID(job_id) for job_id in ids[start : start + 1000]]
                 result = await session.execute(
                     select(TrainingJob.id, TrainingJob.event_seq, TrainingJob.status).where(TrainingJob.id.in_(chunk))
+                )
+                rows.update({str(job_id): (seq, status) for job_id, seq, status in result.all()})
+                result = await session.execute(
+                    select(Export.id, Export.event_seq, Export.status).where(Export.id.in_(chunk))
                 )
                 rows.update({str(job_id): (seq, status) for job_id, seq, status in result.all()})
         for sub in idle:

@@ -23,6 +23,7 @@ from services.api.auth.rate import create_limiter
 from services.api.data.endpoints import router as data_router
 from services.api.deps import AppState, reject_nul_in_url
 from services.api.errors import Unavailable, install_error_handlers
+from services.api.exports.endpoints import router as exports_router
 from services.api.finetuning.endpoints import router as finetuning_router
 from services.api.limits import install_body_limit
 from services.api.metrics.endpoints import router as metrics_router
@@ -122,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         training_router,
         streams_router,
         adapters_router,
+        exports_router,
         system_router,
         auth_router,
         serving_router,

@@ -17,6 +17,7 @@ from services.worker.attempt import run_training
 from services.worker.backends import create_backend
 from services.worker.backends.base import GpuBackend
 from services.worker.context import WorkerContext
+from services.worker.exports import run_export
 from services.worker.reaper import reap_stale_jobs
 from services.worker.tasks import data_report, delete_remote_adapter
 from shared.db.engine import create_engine, create_sessionmaker
@@ -83,6 +84,7 @@ def build_worker(
             ),
             func(cast(Any, data_report), name=tasks.DATA_REPORT, timeout=settings.generation_timeout_seconds),
             func(cast(Any, delete_remote_adapter), name=tasks.DELETE_REMOTE_ADAPTER, timeout=120),
+            func(cast(Any, run_export), name=tasks.RUN_EXPORT, timeout=settings.job_timeout_seconds),
         ],
         "cron_jobs": [
             cron(

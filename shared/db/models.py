@@ -297,3 +297,62 @@ class FineTuningJob(Base):
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
     user_metadata: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _now()
+
+
+class Export(Base):
+    """An export job (migration 0010): an adapter turned into another format, offered once verified.
+
+    Its state follows the training job's lifecycle (`queued → running → completed | failed | cancelled`),
+    written only by `shared.db.export_state`; `files` lists what it produced (`{name, size, sha256}`)
+    under `storage_path`, `verification` what was measured before it was offered.
+    """
+
+    __tablename__ = "fb_exports"
+    __table_args__ = (Index("idx_exports_adapter", "adapter_id"), Index("idx_exports_skill", "skill_id"))
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+    )
+    adapter_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("fb_adapters.id", ondelete="CASCADE"), nullable=False
+    )
+    skill_id: Mapped[str] = mapped_column(Text, ForeignKey("fb_skills.id", ondelete="CASCADE"), nullable=False)
+    format: Mapped[str] = mapped_column(Text, nullable=False)
+    options: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    # What the worker needs, fixed when the export was asked (paths, base model, system prompt, prompts).
+    request: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, server_default=text("'{}'::jsonb"))
+    status: Mapped[str] = mapped_column(Text, nullable=False, server_default=JobStatus.QUEUED.value)
+    progress: Mapped[float] = mapped_column(Float, nullable=False, server_default=text("0"))
+    stage: Mapped[str | None] = mapped_column(Text)
+    storage_path: Mapped[str | None] = mapped_column(Text)
+    files: Mapped[list[Any]] = mapped_column(JSONB, nullable=False, server_default=text("'[]'::jsonb"))
+    verification: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("1"))
+    event_seq: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    lease_owner: Mapped[str | None] = mapped_column(Text)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    arq_job_id: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ExportEvent(Base):
+    """One stamped event of an export job: the same shape and stream contract as `fb_training_logs`."""
+
+    __tablename__ = "fb_export_events"
+    __table_args__ = (UniqueConstraint("export_id", "seq", name="uq_export_events_export_seq"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    export_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("fb_exports.id", ondelete="CASCADE"), nullable=False
+    )
+    seq: Mapped[int] = mapped_column(Integer, nullable=False)
+    event_type: Mapped[str] = mapped_column(Text, nullable=False)
+    timestamp: Mapped[datetime] = _now()
+    level: Mapped[str | None] = mapped_column(Text)
+    message: Mapped[str | None] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)

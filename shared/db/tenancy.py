@@ -8,7 +8,7 @@ inserts is stamped with the workspace. A route therefore cannot forget the check
 row of another workspace is simply not found (404), and a scoped session used before
 its workspace is known raises instead of reading everything.
 
-Jobs, adapters and events belong to a workspace through their skill (skill ids are
+Jobs, adapters, exports and events belong to a workspace through their skill (skill ids are
 unique across the installation), so their criteria are sub-selects on `fb_skills`.
 Files and fine-tuning jobs of the OpenAI-compatible API carry their workspace, stamped
 on insert as a skill's is.
@@ -26,7 +26,18 @@ from sqlalchemy import ColumnElement, event, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState, Session, with_loader_criteria
 
-from shared.db.models import Adapter, ApiKey, FineTuningJob, GpuSpend, Skill, TrainingJob, TrainingLog, UploadedFile
+from shared.db.models import (
+    Adapter,
+    ApiKey,
+    Export,
+    ExportEvent,
+    FineTuningJob,
+    GpuSpend,
+    Skill,
+    TrainingJob,
+    TrainingLog,
+    UploadedFile,
+)
 
 SCOPED = "fastbrain_scoped"
 WORKSPACE = "fastbrain_workspace"
@@ -34,6 +45,7 @@ ALL_WORKSPACES = "all_workspaces"
 
 _skills = Skill.__table__
 _jobs = TrainingJob.__table__
+_exports = Export.__table__
 
 
 class WorkspaceNotSet(RuntimeError):
@@ -70,6 +82,8 @@ def _criteria(workspace_id: str) -> list[tuple[type[Any], ColumnElement[bool]]]:
         (ApiKey, ApiKey.workspace_id == workspace_id),
         (UploadedFile, UploadedFile.workspace_id == workspace_id),
         (FineTuningJob, FineTuningJob.workspace_id == workspace_id),
+        (Export, Export.skill_id.in_(skills)),
+        (ExportEvent, ExportEvent.export_id.in_(select(_exports.c.id).where(_exports.c.skill_id.in_(skills)))),
     ]
 
 

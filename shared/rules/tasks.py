@@ -8,6 +8,7 @@ RUN_TRAINING = "run_training"
 DATA_REPORT = "data_report"
 DELETE_REMOTE_ADAPTER = "delete_remote_adapter"
 REAP_STALE_JOBS = "reap_stale_jobs"
+RUN_EXPORT = "run_export"
 
 
 def training_job_id(job_id: uuid.UUID | str, attempt: int) -> str:

@@ -28,7 +28,16 @@ from services.api.auth.access import PUBLIC_PATHS, app_routes, required_scope
 from shared.db import keys
 from shared.db.engine import create_sessionmaker
 from shared.db.keys import Scope
-from shared.db.models import Adapter, FineTuningJob, Skill, TrainingJob, TrainingLog, UploadedFile
+from shared.db.models import (
+    Adapter,
+    Export,
+    ExportEvent,
+    FineTuningJob,
+    Skill,
+    TrainingJob,
+    TrainingLog,
+    UploadedFile,
+)
 from shared.settings import Settings
 from tests.conftest import REPO_ROOT, Keys, Stack, auth, demo_conversations, make_key, service_env
 from tests.integration.test_skills_api import assert_error_shape
@@ -51,6 +60,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/test-adapter/{skill_id}"): {"prompt": "Hello?", "max_new_tokens": 4},
     ("POST", "/v1/chat/completions"): {"model": "{skill_id}", "messages": [{"role": "user", "content": "Hi"}]},
     ("POST", "/v1/fine_tuning/jobs"): {"model": "tiny-random", "training_file": "{file_id}"},
+    ("POST", "/api/adapters/{adapter_id}/exports"): {"format": "peft"},
 }
 MULTIPART: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/skills/{skill_id}/examples/import"): {"file": ("x.jsonl", b'{"messages": []}\n')},
@@ -71,6 +81,7 @@ class Tenant:
     adapter_id: str
     file_id: str  # an OpenAI-API file (`file-...`) and fine-tuning job (`ftjob-...`) of A's
     fine_tuning_job_id: str
+    export_id: str  # an export of A's adapter, queued, with one event (no worker takes it)
     keys_a: dict[Scope, str]
     key_b: str
 
@@ -82,6 +93,8 @@ class Tenant:
             model=self.skill_id,
             file_id=self.file_id,
             fine_tuning_job_id=self.fine_tuning_job_id,
+            export_id=self.export_id,
+            name="model.gguf",
         )
 
 
@@ -131,6 +144,10 @@ async def tenant(engine: AsyncEngine, tmp_path_factory: pytest.TempPathFactory) 
             hyperparameters={"n_epochs": 1, "batch_size": 2, "learning_rate_multiplier": 1.0},
         )
         session.add(fine_tuning)
+        export = Export(adapter_id=adapter.id, skill_id=skill.id, format="peft", status="queued", event_seq=1)
+        session.add(export)
+        await session.flush()
+        session.add(ExportEvent(export_id=export.id, seq=1, event_type="status", data={"type": "status", "seq": 1}))
         await session.flush()
         tenant = Tenant(
             workspace_a,
@@ -140,6 +157,7 @@ async def tenant(engine: AsyncEngine, tmp_path_factory: pytest.TempPathFactory) 
             str(adapter.id),
             f"file-{upload.id.hex}",
             f"ftjob-{job.id.hex}",
+            str(export.id),
             keys_a,
             key_b,
         )
@@ -165,7 +183,7 @@ async def _call(http: httpx.AsyncClient, method: str, template: str, tenant: Ten
 
 def test_the_route_table_is_what_the_coverage_test_walks() -> None:
     """The public paths are exactly these; everything else (and every WebSocket) needs a key."""
-    assert len(HTTP_ROUTES) >= 25 and len(WS_ROUTES) == 1
+    assert len(HTTP_ROUTES) >= 25 and len(WS_ROUTES) == 2  # the training and the export streams
     assert set(PUBLIC_PATHS) == {"/", "/favicon.svg", "/docs", "/api/health"}
     # Prometheus's scrape target is a route like any other (a mounted metrics app would skip `authorize`),
     # and it needs an admin key: its job counts span every workspace.

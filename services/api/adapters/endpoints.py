@@ -15,6 +15,7 @@ from services.api.adapters import export, service
 from services.api.auth.access import needs
 from services.api.deps import AfterCommitDep, PrincipalDep, SessionDep, StateDep
 from services.api.errors import Conflict, NotFound
+from services.api.exports import service as exports
 from services.api.serving import service as serving
 from services.api.serving.models import Target
 from services.api.skills.service import get_skill
@@ -114,8 +115,10 @@ async def export_adapter(adapter_id: uuid.UUID, session: SessionDep) -> FileResp
 async def delete_adapter(
     adapter_id: uuid.UUID, session: SessionDep, after_commit: AfterCommitDep, state: StateDep
 ) -> Deleted:
+    export_paths = await exports.storage_paths(session, adapter_id=adapter_id)  # its exports go with it
     path, remote_ref = await service.delete(session, adapter_id)
     after_commit.call(lambda: service.remove_files(path))
+    after_commit.call(lambda: exports.remove_files(export_paths))
     after_commit.call(lambda: state.engine.evict(str(adapter_id)))  # its memory on the engine, at once
     if remote_ref:  # trained on Modal: its Volume copy goes too, through a worker
         after_commit.enqueue(tasks.DELETE_REMOTE_ADAPTER, remote_ref)

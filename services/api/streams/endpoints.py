@@ -26,7 +26,7 @@ from services.api.auth.protocol import accepted_subprotocol
 from services.api.deps import AppState
 from services.api.metrics.instruments import WEBSOCKETS_OPEN
 from shared.db.keys import Principal, live_principal
-from shared.db.models import TrainingJob
+from shared.db.models import Export, TrainingJob
 from shared.events import MAX_SEQ
 from shared.schemas.events import public_event
 
@@ -69,6 +69,20 @@ async def training_stream(websocket: WebSocket, job_id: uuid.UUID, after_seq: An
         await slot.release()
 
 
+@router.websocket("/export-stream/{export_id}")
+async def export_stream(websocket: WebSocket, export_id: uuid.UUID, after_seq: Annotated[str, Query()] = "0") -> None:
+    """An export job's events, on the training stream's contract: `status`, `progress` (with `stage`),
+    `log`, then `complete` (its files and verification) or a final `error`. Same resume (`after_seq`),
+    authentication and close codes as `/api/training-stream/{job_id}`."""
+    principal = principal_of(websocket)
+    state: AppState = websocket.app.state.fastbrain
+    slot = await rate.claim_ws_slot(state, principal)
+    try:
+        await _serve(websocket, state, principal, export_id, after_seq, slot)
+    finally:
+        await slot.release()
+
+
 async def _serve(
     websocket: WebSocket, state: AppState, principal: Principal, job_id: uuid.UUID, after_seq: str, slot: rate.WsSlot
 ) -> None:
@@ -82,6 +96,7 @@ async def _serve(
         return
     async with state.session(principal) as session:  # another workspace's job is "not found", as over HTTP
         exists = await session.scalar(select(TrainingJob.id).where(TrainingJob.id == job_id)) is not None
+        exists = exists or await session.scalar(select(Export.id).where(Export.id == job_id)) is not None
     await websocket.accept(subprotocol=subprotocol)
     if not exists:
         await websocket.send_json(

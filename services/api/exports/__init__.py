@@ -1,0 +1,1 @@
+"""Exports of adapters: verified merged, GGUF and PEFT copies as jobs."""
