@@ -9,6 +9,15 @@ the access log), any bearer token and any stream ticket (`fastbrain.ticket.<t>`,
 `websockets` library's DEBUG log of handshake headers shows it). Standard-library records
 (uvicorn, SQLAlchemy, arq) get the same text masking through `SecretMaskingFilter` on the
 root handler (`fastbrain api` lets uvicorn's loggers propagate there).
+
+Every line goes out through one handler on the root logger (structlog's own lines as well, through
+`structlog.stdlib.ProcessorFormatter`), so lines from threads never interleave. Two formats
+(`FASTBRAIN_LOG_FORMAT`): `console`, structlog's ConsoleRenderer for our lines and library lines as
+they are; `json`, one object per line from structlog's JSONRenderer for every line, libraries' too,
+with `timestamp`, `level`, `logger`, `event` and whatever is bound with structlog's contextvars
+(`job_id`, `skill_id`, `workspace_id`, `attempt` on every line about a job: the worker binds them
+when it takes a job, the API when a request names a job or skill). In both, a traceback is plain
+text (never a rich one with local variables) and masked like the rest.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import logging
 import re
 import sys
 from collections.abc import Mapping, MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -79,9 +88,14 @@ def mask_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any
 
 
 class SecretMaskingFilter(logging.Filter):
-    """Masks URL passwords in standard-library log records (their message and exception text)."""
+    """Masks URL passwords in standard-library log records (their message and exception text).
+
+    structlog's own records (their `msg` is the event dict, already masked by `mask_secrets`) pass as they are.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, dict):
+            return True
         message = record.getMessage()
         masked = mask_text(message)
         if masked != message:
@@ -94,23 +108,117 @@ class SecretMaskingFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
-    logging.basicConfig(stream=sys.stderr, level=level.upper(), format="%(message)s")
-    for handler in logging.getLogger().handlers:
-        if not any(isinstance(f, SecretMaskingFilter) for f in handler.filters):
-            handler.addFilter(SecretMaskingFilter())
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json_lines else structlog.dev.ConsoleRenderer(colors=False)
-    )
+# Job state changes, logged once each where the transition commits (the API: queued and a queued job's
+# cancel; the worker: the rest). The dev console (services/dev/console.py) shows exactly these, and warnings.
+JOB_STATUS_EVENTS = frozenset(
+    {"job_queued", "job_running", "job_requeued", "job_completed", "job_failed", "job_cancelled"}
+)
+# arq's worker logs its health record whenever its counters change, and the start and end of every run of
+# a cron job: with the reaper every 15 s, a few lines every 15 s that say nothing. They are kept at DEBUG.
+ARQ_HEALTH_MESSAGE = "recording health: %s"
+ARQ_RUN_MESSAGES = ("%6.2fs → %s(%s)%s", "%6.2fs ← %s ● %s")  # a task's start and end; `ref` is the 2nd arg
+PERIODIC_TASKS = ("reap_stale_jobs",)
+
+
+class PeriodicLinesFilter(logging.Filter):
+    """Drops arq's health lines and the start/end lines of the periodic reaper unless the level is DEBUG."""
+
+    def __init__(self, keep: bool) -> None:
+        super().__init__()
+        self.keep = keep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.keep or record.name != "arq.worker":
+            return True
+        if record.msg == ARQ_HEALTH_MESSAGE:
+            return False
+        if record.msg in ARQ_RUN_MESSAGES and isinstance(record.args, tuple) and len(record.args) >= 2:
+            return not str(record.args[1]).endswith(PERIODIC_TASKS)
+        return True
+
+
+class _RootHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The one handler `configure_logging` puts on the root logger: a given stream, or whatever
+    `sys.stderr` is at the time of each line (so a test's captured stderr going away breaks nothing)."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        logging.Handler.__init__(self)
+        self._target = stream
+
+    @property
+    def stream(self) -> TextIO:
+        return self._target if self._target is not None else sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        self._target = value
+
+
+class _ConsoleFormatter(structlog.stdlib.ProcessorFormatter):
+    """Console format: structlog's lines rendered by its ConsoleRenderer, library lines as they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if isinstance(record.msg, dict) and hasattr(record, "_logger"):
+            return super().format(record)
+        return logging.Formatter.format(self, record)
+
+
+def configure_logging(level: str = "INFO", json_lines: bool = False, stream: TextIO | None = None) -> None:
+    """Send every log line (structlog's and the standard library's) to `stream` (default: stderr), at `level`.
+
+    Called again, it replaces its earlier setup (handler, format and level) instead of adding to it.
+    """
+    level = level.upper()
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _RootHandler)]:
+        root.removeHandler(old)
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+    ]
+    if json_lines:
+        shared += [structlog.stdlib.add_logger_name]
+    shared += [
+        structlog.processors.TimeStamper(fmt="iso"),
+        # The traceback as plain text, masked next (a rich traceback would show locals: URLs, keys).
+        structlog.processors.format_exc_info,
+        mask_secrets,  # last before rendering: nothing added after it
+    ]
+    handler = _RootHandler(stream)
+    remove_meta = structlog.stdlib.ProcessorFormatter.remove_processors_meta
+    formatter: logging.Formatter
+    if json_lines:
+        formatter = structlog.stdlib.ProcessorFormatter(
+            processors=[remove_meta, structlog.processors.JSONRenderer(default=str)], foreign_pre_chain=shared
+        )
+    else:
+        formatter = _ConsoleFormatter(
+            processors=[
+                remove_meta,
+                structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback),
+            ]
+        )
+    handler.setFormatter(formatter)
+    handler.addFilter(PeriodicLinesFilter(keep=level == "DEBUG"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(True)  # Python warnings too become log lines (JSON ones in `json`), not bare stderr
+    for each in root.handlers:
+        if not any(isinstance(f, SecretMaskingFilter) for f in each.filters):
+            each.addFilter(SecretMaskingFilter())
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            mask_secrets,  # last before rendering: nothing added after it
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
+
+
+def reset_logging() -> None:
+    """Undo `configure_logging` (tests): its root handler goes, structlog gets its defaults back."""
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _RootHandler)]:
+        root.removeHandler(old)
+    logging.captureWarnings(False)
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()

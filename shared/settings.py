@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.schemas.skills import MAX_TURN_CHARS
@@ -131,11 +131,36 @@ class Settings(BaseSettings):
         64, ge=1, description="Requests waiting for the engine; past this a chat is refused with 503 and Retry-After."
     )
     log_level: str = Field("INFO", description="structlog level.")
-    log_json: bool = Field(False, description="JSON log lines instead of console lines.")
+    log_format: Literal["console", "json"] = Field(
+        "console",
+        description="`json`: one JSON object per line (structlog's JSONRenderer; library lines too), with the job, "
+        "skill and workspace ids on every line about a job; `console`: human-readable lines.",
+    )
+    log_json: bool = Field(False, description="Same as FASTBRAIN_LOG_FORMAT=json (kept for existing setups).")
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="Set: each training job is one MLflow run here (params, per-step and held-out metrics, the "
+        "adapter as an artifact), written by the worker; needs the `mlflow` extra. E.g. sqlite:///mlflow.db, "
+        "http://mlflow:5000. Unset: no tracking.",
+    )
+    mlflow_experiment: str = Field("fastbrain", description="The MLflow experiment the runs go to (made if missing).")
+
+    @model_validator(mode="after")
+    def _one_log_format(self) -> Settings:
+        """`log_json` and `log_format` say the same thing; either one asking for JSON wins."""
+        if self.log_json:
+            self.log_format = "json"
+        self.log_json = self.log_format == "json"
+        return self
 
     @cached_property
     def adapters_dir(self) -> Path:
         return self.data_dir.resolve() / "adapters"
+
+    @property
+    def dev_log_file(self) -> Path:
+        """Where `fastbrain dev` writes the full log of its processes (JSON lines; its console shows a summary)."""
+        return self.data_dir.resolve() / "logs" / "dev.log"
 
     @property
     def admin_key_file(self) -> Path:

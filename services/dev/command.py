@@ -2,7 +2,8 @@
 
 Starts embedded PostgreSQL and Redis when no URLs are configured, migrates,
 loads the demo skill, then runs the API, one worker and the inference engine as
-child processes and stops all of it cleanly on Ctrl-C.
+child processes and stops all of it cleanly on Ctrl-C. Their logs go to
+`<data dir>/logs/dev.log`; the console shows a summary (services/dev/console.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from services.admin.commands import write_dev_env
+from services.dev.console import DevConsole
 from services.dev.embedded import start_embedded
 from shared.db import keys, migrate
 from shared.db.engine import create_engine, create_sessionmaker
@@ -101,11 +103,23 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _exited(processes: dict[str, subprocess.Popen[bytes]], console: DevConsole) -> str:
+    """Which process ended, with its last lines: what `fastbrain dev` says before stopping the rest."""
+    name, process = next((n, p) for n, p in processes.items() if p.poll() is not None)
+    lines = "\n".join(f"  {line}" for line in console.recent(name)[-15:])
+    return (
+        f"The {name} process exited (code {process.returncode}); stopping the rest. Its last lines:\n{lines}\n"
+        f"The full log: {console.log_file}"
+    )
+
+
 def run_dev(host: str = "127.0.0.1", port: int = 8000, demo: bool = True) -> None:
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_json)
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    # The quiet console: job state changes, warnings and errors here; everything in the log file.
+    console = DevConsole(settings.dev_log_file)
+    configure_logging(settings.log_level, json_lines=True, stream=console.writer("dev"))
 
     embedded = start_embedded(data_dir, need_postgres=not settings.database_url, need_redis=not settings.redis_url)
     database_url = settings.database_url or embedded.database_url
@@ -133,16 +147,25 @@ def run_dev(host: str = "127.0.0.1", port: int = 8000, demo: bool = True) -> Non
         "FASTBRAIN_REDIS_URL": redis_url,
         "FASTBRAIN_DATA_DIR": str(data_dir),
         "FASTBRAIN_PREPARE_MODELS": os.environ.get("FASTBRAIN_PREPARE_MODELS", f'["{BUNDLED_MODEL}"]'),
+        "FASTBRAIN_LOG_FORMAT": "json",  # the console reads them; the log file keeps them
+        "PYTHONUNBUFFERED": "1",  # their lines reach the console as they are written
     }
     cli = [sys.executable, "-m", "services.cli"]
     cwd = str(Path(__file__).resolve().parents[2])
     engine = urlsplit(settings.engine_url)
     engine_args = ["serve", "--host", engine.hostname or "127.0.0.1", "--port", str(engine.port or 8100)]
-    processes = [
-        subprocess.Popen([*cli, "worker"], env=env, cwd=cwd),
-        subprocess.Popen([*cli, *engine_args], env=env, cwd=cwd),
-        subprocess.Popen([*cli, "api", "--host", host, "--port", str(port)], env=env, cwd=cwd),
-    ]
+    commands = {
+        "worker": [*cli, "worker"],
+        "engine": [*cli, *engine_args],
+        "api": [*cli, "api", "--host", host, "--port", str(port)],
+    }
+    named: dict[str, subprocess.Popen[bytes]] = {}
+    for name, command in commands.items():
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert process.stdout is not None
+        console.follow(name, process.stdout)
+        named[name] = process
+    processes = list(named.values())
     # Ctrl-C reaches the whole foreground group; we still stop children
     # ourselves, and treat SIGTERM/SIGHUP (a closed terminal) the same way.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -151,7 +174,9 @@ def run_dev(host: str = "127.0.0.1", port: int = 8000, demo: bool = True) -> Non
     try:
         url = f"http://{host}:{port}"
         if not _wait_http(f"{url}/api/health", 60, processes):
-            raise SystemExit("The API did not start; see the log above.")
+            if any(p.poll() is not None for p in processes):
+                raise SystemExit(_exited(named, console))
+            raise SystemExit(f"The API did not start; see {console.log_file}.")
         # The key rides in the fragment: browsers never send it to the server, and the
         # dashboard moves it into its session storage and off the address bar at once.
         print(
@@ -161,14 +186,17 @@ def run_dev(host: str = "127.0.0.1", port: int = 8000, demo: bool = True) -> Non
             f"  OpenAI-compatible chat: base_url={url}/v1, api_key=the key above (model: a skill id)\n"
             f'  Train the demo skill: curl -X POST -H "Authorization: Bearer $(cat {key_file})" '
             f"{url}/api/train-skill/molasses-master-expert\n"
-            "Press Ctrl-C to stop.\n",
+            f"  Full logs (JSON lines): {console.log_file}\n"
+            "This console shows job state changes, warnings and errors. Press Ctrl-C to stop.\n",
             flush=True,
         )
         while all(p.poll() is None for p in processes):
             time.sleep(0.5)
-        raise SystemExit("A Fast Brain process exited; stopping the rest.")
+        raise SystemExit(_exited(named, console))
     except KeyboardInterrupt:
         print("\nStopping Fast Brain...")
     finally:
+        console.stopping()
         _stop(processes)
+        console.close()
         embedded.stop()

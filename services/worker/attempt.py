@@ -12,6 +12,7 @@ attempt then writes nothing more.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from datetime import UTC, datetime
@@ -19,21 +20,24 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.worker import completion, metrics, store
+from services.worker import completion, metrics, store, tracking
 from services.worker.context import WorkerContext
 from services.worker.lease import Recorder, in_transaction, publish_quietly, watch
 from services.worker.recovery import RecoveryLimits, decide
 from shared.db import job_state
 from shared.db.job_state import LeaseLost
-from shared.db.models import TrainingJob
+from shared.db.models import Skill, TrainingJob
 from shared.errors import ErrorCategory
 from shared.rules.tasks import RUN_TRAINING
 from shared.schemas.training import Hyperparameters, TrainingSpec, Turn
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+TRAINER_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 def limits(settings: Settings) -> RecoveryLimits:
@@ -62,6 +66,20 @@ def build_spec(job: TrainingJob, settings: Settings) -> TrainingSpec:
     )
 
 
+# Bound (structlog contextvars) on every log line of an attempt: the worker's own, the relayed
+# trainer's, and arq's for the task (`bind_arq_job`). The tracking thread's lines carry them too.
+JOB_LOG_KEYS = ("job_id", "attempt", "skill_id", "workspace_id")
+
+
+async def bind_arq_job(ctx: dict[str, Any]) -> None:
+    """arq's `on_job_start`: a training task's arq id (`train:<job id>:<attempt>`) names the job, so arq's
+    own lines about it (`→ run_training(...)`, `← ... ●`) carry `job_id` and `attempt` as well."""
+    kind, _, rest = str(ctx.get("job_id") or "").partition(":")
+    job_id, _, attempt = rest.rpartition(":")
+    if kind == "train" and job_id and attempt.isdigit():
+        structlog.contextvars.bind_contextvars(job_id=job_id, attempt=int(attempt))
+
+
 async def run_training(ctx: WorkerContext, job_id_text: str) -> str:
     """The arq task. Idempotent: a job that is not `queued` is left alone."""
     job_id = uuid.UUID(job_id_text)
@@ -71,23 +89,46 @@ async def run_training(ctx: WorkerContext, job_id_text: str) -> str:
         if claimed is None:
             log.info("job_not_claimable")
             return "skipped"
-        (lease, job, started), queued_at = claimed
+        (lease, job, started), queued_at, skill = claimed
         metrics.attempt_claimed(queued_at, started["ts"])
-        structlog.contextvars.bind_contextvars(attempt=lease.attempt)
+        structlog.contextvars.bind_contextvars(
+            attempt=lease.attempt, skill_id=job.skill_id, workspace_id=skill.workspace_id
+        )
         await publish_quietly(ctx, started)
-        return await _run_attempt(ctx, Recorder(ctx, lease), job)
+        log.info(
+            "job_running",
+            status="running",
+            skill_name=skill.name,
+            base_model=job.config.get("base_model"),
+            preset=job.config.get("preset"),
+            backend=ctx["backend"].name,
+        )
+        tracker = tracking.start(
+            ctx["settings"],
+            job_id=job_id_text,
+            config=job.config,
+            skill_id=job.skill_id,
+            skill_name=skill.name,
+            workspace_id=skill.workspace_id,
+            attempt=lease.attempt,
+            examples=len(job.dataset.get("conversations") or []),
+            backend=ctx["backend"].name,
+        )
+        return await _run_attempt(ctx, Recorder(ctx, lease, tracker, skill.name), job)
     finally:
-        structlog.contextvars.unbind_contextvars("job_id", "attempt")
+        structlog.contextvars.unbind_contextvars(*JOB_LOG_KEYS)
 
 
 async def _claim(
     session: AsyncSession, job_id: uuid.UUID, worker_id: str
-) -> tuple[tuple[job_state.Lease, TrainingJob, dict[str, Any]], datetime | None] | None:
-    """The claim, and (in its transaction) when the attempt was queued, for the queue-wait metric."""
+) -> tuple[tuple[job_state.Lease, TrainingJob, dict[str, Any]], datetime | None, Row[str, str]] | None:
+    """The claim, and (in its transaction) when the attempt was queued, for the queue-wait metric, and the
+    skill's name and workspace, for the log lines."""
     claimed = await job_state.claim(session, job_id, worker_id)
     if claimed is None:
         return None
-    return claimed, await metrics.queued_at(session, job_id, claimed[2]["seq"])
+    skill = (await session.execute(select(Skill.name, Skill.workspace_id).where(Skill.id == claimed[1].skill_id))).one()
+    return claimed, await metrics.queued_at(session, job_id, claimed[2]["seq"]), skill
 
 
 async def _run_attempt(ctx: WorkerContext, recorder: Recorder, job: TrainingJob) -> str:
@@ -120,7 +161,7 @@ async def _run_attempt(ctx: WorkerContext, recorder: Recorder, job: TrainingJob)
         raise LeaseLost(recorder.lease, "watch")
     except LeaseLost as lost:
         await _stop(drive, watcher)
-        await _after_lease_lost(ctx, job, spec, lost)
+        await _after_lease_lost(ctx, recorder, job, spec, lost)
         return "lease_lost"
 
 
@@ -130,7 +171,9 @@ async def _stop(*tasks: asyncio.Task[Any]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _after_lease_lost(ctx: WorkerContext, job: TrainingJob, spec: TrainingSpec, lost: LeaseLost) -> None:
+async def _after_lease_lost(
+    ctx: WorkerContext, recorder: Recorder, job: TrainingJob, spec: TrainingSpec, lost: LeaseLost
+) -> None:
     """Another attempt owns the job, or it ended. Our trainer is stopped by now.
 
     This attempt's staging directory is its own: drop it. The job's checkpoints are
@@ -139,6 +182,7 @@ async def _after_lease_lost(ctx: WorkerContext, job: TrainingJob, spec: Training
     written checkpoints after the ending attempt removed them, and nobody will resume.
     """
     log.warning("lease_lost", transition=lost.transition, attempt=lost.lease.attempt)
+    await recorder.tracker.detach()
     store.remove(Path(spec.output_dir))
     try:
         ended = not await completion.still_running(ctx, job.id)
@@ -179,6 +223,13 @@ async def _drive_with_recovery(ctx: WorkerContext, recorder: Recorder, job: Trai
         if decision.action == "fail":
             await completion.fail(ctx, recorder, job, spec, outcome, history, cost=spent)
             return "failed"
+        log.warning(
+            "training_recovering",
+            category=category.value,
+            error=outcome.get("message"),
+            action=decision.action,
+            recovery=decision.message,
+        )
         new_hp = decision.hyperparameters or spec.hyperparameters
         await recorder.emit(
             {**outcome, "type": "error", "final": False, "recovery": decision.message, "attempts": history},
@@ -215,6 +266,9 @@ async def _drive(
         if kind == "error":
             return {**payload, "cost_usd": completion.bill_run(ctx, payload, time.monotonic() - started)}
         await recorder.emit(payload)
+        if kind == "log":  # the trainer's own lines, relayed into the worker's log with the job's ids
+            level = TRAINER_LOG_LEVELS.get(str(payload.get("level")), logging.INFO)
+            log.log(level, "trainer_log", message=payload.get("message"))
     failed = {"type": "error", "category": "INTERNAL", "message": "Trainer ended without a result"}
     return {**failed, "cost_usd": completion.bill_run(ctx, failed, time.monotonic() - started)}
 
@@ -236,8 +290,18 @@ async def _hand_back(
     except LeaseLost:
         return
     store.remove(Path(spec.output_dir))
+    # This attempt's tracking calls are done before the next attempt can start: it goes on in the same run.
+    await recorder.tracker.detach()
     await enqueue(ctx, job.id, written.arq_job_id, defer=defer)
     await publish_quietly(ctx, written.events)
+    log.info(
+        "job_requeued",
+        status="queued",
+        skill_name=recorder.skill_name,
+        message=message,
+        next_attempt=recorder.lease.attempt + 1,
+        defer_seconds=defer or None,
+    )
 
 
 async def enqueue(ctx: WorkerContext, job_id: uuid.UUID, arq_job_id: str | None, *, defer: float = 0.0) -> None:

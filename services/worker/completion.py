@@ -311,12 +311,16 @@ async def complete(
     await publish_quietly(ctx, events)
     store.remove(checkpoint_root(settings, job.skill_id, job.id))
     log.info(
-        "training_completed",
+        "job_completed",
+        status="completed",
+        skill_name=recorder.skill_name,
         version=version,
         final_loss=payload.get("final_loss"),
         wall_seconds=round(wall_seconds, 1),
+        cost_usd=cost,
         **measured,
     )
+    await recorder.tracker.finish("completed", events[-1], Path(events[-1]["adapter_path"]))
 
 
 def failure_details(payload: dict[str, Any], attempts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -364,12 +368,16 @@ async def fail(
     store.remove(Path(spec.output_dir))
     store.remove(checkpoint_root(ctx["settings"], job.skill_id, job.id))
     log.warning(  # the traceback reaches operators here and in the row, never clients (public_error_details)
-        "training_failed",
+        "job_failed",
+        status="failed",
+        skill_name=recorder.skill_name,
         category=details["category"],
+        user_message=details["user_message"],
         message=payload.get("message"),
         exception_type=details["exception_type"],
         traceback_tail=details["traceback_tail"],
     )
+    await recorder.tracker.finish("failed", event)
 
 
 async def cancelled(ctx: WorkerContext, recorder: Recorder, job: TrainingJob, spec: TrainingSpec) -> None:
@@ -396,7 +404,8 @@ async def cancelled(ctx: WorkerContext, recorder: Recorder, job: TrainingJob, sp
     await publish_quietly(ctx, event)
     store.remove(Path(spec.output_dir))
     store.remove(checkpoint_root(ctx["settings"], job.skill_id, job.id))
-    log.info("training_cancelled")
+    log.info("job_cancelled", status="cancelled", skill_name=recorder.skill_name)
+    await recorder.tracker.finish("cancelled", event)
 
 
 async def still_running(ctx: WorkerContext, job_id: uuid.UUID) -> bool:

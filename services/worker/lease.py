@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from services.worker.context import WorkerContext
+from services.worker.tracking import RunTracker
 from shared.db import job_state
 from shared.db.job_state import Lease, LeaseLost
 from shared.events import publish
@@ -86,11 +87,16 @@ async def publish_quietly(ctx: WorkerContext, events: list[dict[str, Any]] | dic
 
 
 class Recorder:
-    """Fenced, persisted-then-published writes for one attempt of one job."""
+    """Fenced, persisted-then-published writes for one attempt of one job (and, once committed, to
+    its experiment-tracking run: `tracker`). `skill_name` names the job's skill in its log lines."""
 
-    def __init__(self, ctx: WorkerContext, lease: Lease) -> None:
+    def __init__(
+        self, ctx: WorkerContext, lease: Lease, tracker: RunTracker | None = None, skill_name: str | None = None
+    ) -> None:
         self.ctx = ctx
         self.lease = lease
+        self.tracker = tracker or RunTracker()
+        self.skill_name = skill_name
         self.ending = asyncio.Event()  # set when an ending transition starts: the watcher stands down
         self._claimed = time.monotonic()  # built right after the claim: the attempt's start
 
@@ -116,6 +122,7 @@ class Recorder:
     async def emit(self, payload: dict[str, Any], **values: Any) -> dict[str, Any]:
         event = await self.write("emit", lambda session: job_state.emit(session, self.lease, payload, **values))
         await publish_quietly(self.ctx, event)
+        self.tracker.event(event)
         return event
 
 

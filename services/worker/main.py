@@ -13,7 +13,7 @@ from arq.cron import cron
 from arq.worker import Worker, func
 
 from services.worker import metrics
-from services.worker.attempt import run_training
+from services.worker.attempt import bind_arq_job, run_training
 from services.worker.backends import create_backend
 from services.worker.backends.base import GpuBackend
 from services.worker.context import WorkerContext
@@ -100,6 +100,7 @@ def build_worker(
         "queue_name": settings.queue_name,
         "on_startup": startup,
         "on_shutdown": shutdown,
+        "on_job_start": bind_arq_job,
         "max_jobs": settings.worker_max_jobs,
         "health_check_interval": settings.worker_health_seconds,
         "keep_result": 60,

@@ -18,7 +18,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.worker import metrics, store
+from services.worker import metrics, store, tracking
 from services.worker.attempt import enqueue
 from services.worker.completion import checkpoint_root, failure_details
 from services.worker.context import WorkerContext
@@ -36,11 +36,14 @@ async def reap_stale_jobs(ctx: WorkerContext) -> int:
     """Requeue (or end, past `max_attempts` or when a cancel was asked) running jobs with a stale heartbeat."""
     settings = ctx["settings"]
     ended: list[job_state.StaleJob] = []
+    stale_seen: list[job_state.StaleJob] = []
 
     async def work(session: AsyncSession) -> list[Reaped]:
         ended.clear()  # a retried transaction starts over: only the committed try's endings count
+        stale_seen.clear()
         reaped = []
         for stale in await job_state.stale_jobs(session, settings.heartbeat_stale_seconds):
+            stale_seen.append(stale)
             history = [
                 *stale.recovery_attempts,
                 {
@@ -64,14 +67,23 @@ async def reap_stale_jobs(ctx: WorkerContext) -> int:
         return reaped
 
     reaped = await in_transaction(ctx, work)
+    skills = {str(stale.lease.job_id): stale.skill_id for stale in stale_seen}
     for result in reaped:
-        if result.requeued_as:
-            await enqueue(ctx, result.job_id, result.requeued_as)
-        await publish_quietly(ctx, result.events)
+        job_id = str(result.job_id)
+        with structlog.contextvars.bound_contextvars(job_id=job_id, skill_id=skills.get(job_id)):
+            if result.requeued_as:
+                await enqueue(ctx, result.job_id, result.requeued_as)
+                log.warning("job_requeued", status="queued", message="its worker stopped responding")
+            await publish_quietly(ctx, result.events)
     for stale in ended:  # no attempt will resume these
-        # Its attempt ran on the silent worker: when it started is not known here.
-        metrics.job_finished((JobStatus.CANCELLED if stale.cancel_requested else JobStatus.FAILED).value, None)
-        store.remove(checkpoint_root(settings, stale.skill_id, stale.lease.job_id))
+        status = (JobStatus.CANCELLED if stale.cancel_requested else JobStatus.FAILED).value
+        job_id = str(stale.lease.job_id)
+        with structlog.contextvars.bound_contextvars(job_id=job_id, skill_id=stale.skill_id):
+            # Its attempt ran on the silent worker: when it started is not known here.
+            metrics.job_finished(status, None)
+            store.remove(checkpoint_root(settings, stale.skill_id, stale.lease.job_id))
+            log.warning(f"job_{status}", status=status, category=ErrorCategory.WORKER_LOST.value)
+            await tracking.end_orphaned(settings, job_id, status, {"category": ErrorCategory.WORKER_LOST.value})
     if reaped:
         requeued = sum(1 for r in reaped if r.requeued_as)
         log.warning("reaped_stale_jobs", requeued=requeued, ended=len(ended))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, APIWebSocketRoute, iter_route_contexts
 from starlette.requests import HTTPConnection
@@ -124,6 +125,20 @@ async def authorize(connection: HTTPConnection) -> None:
         )
     await rate.check_request(state, principal)
     connection.state.principal = principal
+    bind_request_ids(connection, principal)
+
+
+# Path parameters bound on the request's log lines (structlog contextvars), with the caller's workspace.
+LOGGED_PATH_PARAMS = ("skill_id", "job_id", "adapter_id")
+
+
+def bind_request_ids(connection: HTTPConnection, principal: Principal) -> None:
+    """Every log line of this request (ours, and uvicorn's access line) carries its workspace and the
+    skill, job or adapter its path names. The request runs in a task of its own, so nothing leaks
+    into the next one."""
+    params = connection.scope.get("path_params") or {}
+    ids = {name: str(params[name]) for name in LOGGED_PATH_PARAMS if params.get(name) is not None}
+    structlog.contextvars.bind_contextvars(workspace_id=principal.workspace_id, **ids)
 
 
 class CredentialsBeforeBody:

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -39,6 +40,8 @@ from shared.schemas.jobs import (
 )
 from shared.schemas.training import Hyperparameters, TrainingConfigRequest
 from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
 
 
 def validate_base_model(base_model: str, backend: str = "local", field: str = "config.base_model") -> None:
@@ -293,6 +296,16 @@ async def start_training(
     after_commit.enqueue(tasks.RUN_TRAINING, str(job.id), _job_id=started.arq_job_id)
     if started.event is not None:
         after_commit.publish(started.event)
+    structlog.contextvars.bind_contextvars(job_id=str(job.id), skill_id=skill_id)
+    queued = {
+        "skill_name": skill.name,
+        "examples": len(skill.training_data),
+        "base_model": config.base_model,
+        "preset": config.preset.value,
+        "estimated_minutes": guess.minutes,
+        "estimated_cost_usd": guess.cost_usd,
+    }
+    after_commit.call(lambda: log.info("job_queued", status="queued", **queued))
     return TrainAccepted(
         job_id=job.id,
         status=job.status,
@@ -480,6 +493,21 @@ async def cancel(session: AsyncSession, after_commit: AfterCommit, job_id: uuid.
         )
     if result.event is not None:
         after_commit.publish(result.event)
+    named = (
+        await session.execute(
+            select(TrainingJob.skill_id, Skill.name)
+            .join(Skill, Skill.id == TrainingJob.skill_id)
+            .where(TrainingJob.id == job_id)
+        )
+    ).first()
+    skill_id, skill_name = named if named is not None else (None, None)
+    structlog.contextvars.bind_contextvars(job_id=str(job_id), skill_id=skill_id)
+    if result.outcome == "cancelled":  # it never started: no worker will say so
+        after_commit.call(
+            lambda: log.info("job_cancelled", status="cancelled", skill_name=skill_name, before_start=True)
+        )
+    else:
+        after_commit.call(lambda: log.info("job_cancel_requested"))
     return JobCancelOut(job_id=job_id, status=result.outcome)
 
 

@@ -136,7 +136,9 @@ class LocalBackend:
     async def _drain(process: asyncio.subprocess.Process, tail: deque[str]) -> None:
         assert process.stderr is not None
         async for raw in process.stderr:
-            tail.append(raw.decode("utf-8", errors="replace").rstrip())
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            tail.append(line)
+            log.debug("trainer_output", line=line)  # libraries' output; the job's ids are bound (its task's context)
 
     @staticmethod
     async def _stop(process: asyncio.subprocess.Process) -> None:
