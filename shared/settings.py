@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     generation_timeout_seconds: int = Field(
         300, ge=5, description="Longest wait for a data report, or for a chat's first event from the engine."
     )
+    trainer_standby: bool = Field(
+        True,
+        description="Keep a trainer process ready while the worker is idle (libraries imported, the last base "
+        "model loaded), so the next job starts seconds sooner; each job still gets a process of its own.",
+    )
     prepare_models: list[str] = Field(
         default_factory=list, description="Base models a worker converts/caches at startup (JSON list)."
     )

@@ -265,10 +265,24 @@ def model_source(model_id: str, models_dir: str | Path) -> str:
     return info.source
 
 
+# Tokenizers loaded ahead of a job (`training.model.warm_up`), each taken once: the job may change
+# the one it gets, and a later job in the same process must start from a fresh one.
+_WARM_TOKENIZERS: dict[str, PreTrainedTokenizerBase] = {}
+
+
+def keep_tokenizer(model_id: str, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Hand `tokenizer`, fresh from `load_tokenizer`, to the next `load_tokenizer` of `model_id`."""
+    _WARM_TOKENIZERS[model_id] = tokenizer
+
+
 def load_tokenizer(model_id: str, models_dir: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer (with its chat template) of a catalog model."""
     from transformers import AutoTokenizer
 
+    warm = _WARM_TOKENIZERS.pop(model_id, None)
+    _WARM_TOKENIZERS.clear()
+    if warm is not None:
+        return warm
     path = model_source(model_id, models_dir)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

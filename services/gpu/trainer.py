@@ -87,8 +87,36 @@ def _watch_parent(interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
+READY_LINE = "standby: ready"  # on stderr, once warm (the worker's debug log; bench/warm_start.py waits for it)
+
+
+def _standby(args: list[str]) -> list[str]:
+    """`--standby [MODEL_ID MODELS_DIR]`: get ready for a job that has not arrived yet, then wait for it.
+
+    Importing torch, transformers, PEFT and TRL and loading the base model take most of a small job's
+    start (seconds on a CPU). A standby trainer does both while its worker is idle, then reads the
+    spec file's path from stdin and runs that one job like any other trainer: still one process per
+    job, so a crash, an OOM kill or a cancel ends only that job, and every job gets a model loaded
+    for it alone. A model that fails to load here is left to the job, which reports the real error.
+    """
+    # What a job's pipeline imports on its way to the first step (lazily, so that the modules stay importable
+    # without the ML stack): seconds of a small job's start.
+    import datasets  # noqa: F401
+    import peft  # noqa: F401
+    from trl import SFTConfig, SFTTrainer  # noqa: F401
+
+    if len(args) == 2:
+        try:
+            warm_up(args[0], args[1])
+        except Exception as exc:  # the job loads the model itself and reports what goes wrong
+            print(f"standby: could not load {args[0]} ahead: {exc}", file=sys.stderr)
+    print(READY_LINE, file=sys.stderr, flush=True)
+    line = sys.stdin.readline().strip()
+    return [line] if line else []  # EOF: the worker let this standby go
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point: `python -m services.gpu.trainer SPEC.json`."""
+    """CLI entry point: `python -m services.gpu.trainer SPEC.json` (or `--standby ...`, then the path on stdin)."""
     args = sys.argv[1:] if argv is None else argv
     # Keep stdout for events only: libraries (and C extensions) that print go to stderr.
     sys.stdout.flush()
@@ -104,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
     _watch_parent()
     try:
+        if args[:1] == ["--standby"]:
+            args = _standby(args[1:])
+            if not args:
+                return 0
         if len(args) != 1:
             raise DataFormatError("invalid format: usage: python -m services.gpu.trainer SPEC.json")
         spec = TrainingSpec.model_validate_json(Path(args[0]).read_text(encoding="utf-8"))

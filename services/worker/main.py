@@ -32,15 +32,18 @@ log = structlog.get_logger(__name__)
 ARQ_TIMEOUT_MARGIN_SECONDS = 60
 
 
-async def _prepare_models(settings: Settings) -> None:
-    from services.gpu.models import ensure_model
-
+async def _prepare_models(settings: Settings, backend: GpuBackend) -> None:
     for model_id in settings.prepare_models:
+        from services.gpu.models import ensure_model
+
         try:
             await asyncio.to_thread(ensure_model, model_id, settings.models_dir)
             log.info("model_ready", model=model_id)
         except Exception as exc:  # a worker still runs jobs; the trainer reports the real error
             log.warning("model_prepare_failed", model=model_id, error=str(exc))
+    start = getattr(backend, "start", None)  # the local backend's standby trainer
+    if start is not None:
+        await start(settings.prepare_models[0] if settings.prepare_models else None)
 
 
 def build_worker(
@@ -64,12 +67,14 @@ def build_worker(
         typed["sessionmaker"] = create_sessionmaker(engine)
         typed["backend"] = backend or create_backend(settings)
         typed["worker_id"] = worker_id
-        if settings.prepare_models:
-            # Convert/cache base models in the background so the first training
-            # does not pay for it; trainers cope with a cache being filled.
-            ctx["prepare_task"] = asyncio.create_task(_prepare_models(settings))
+        # Convert/cache base models in the background so the first training does not pay
+        # for it (trainers cope with a cache being filled), then have a trainer wait ready.
+        ctx["prepare_task"] = asyncio.create_task(_prepare_models(settings, typed["backend"]))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        close = getattr(ctx.get("backend"), "close", None)
+        if close is not None:
+            await close()
         engine = ctx.get("engine")
         if engine is not None:
             await engine.dispose()

@@ -103,7 +103,7 @@ def warm_up(model_id: str, models_dir: str | Path, device: str | None = None, ma
 
     Returns the path taken ("unsloth" or "peft"). Used by the Modal class's `@modal.enter` hook.
     """
-    from services.gpu.models import load_for_training
+    from services.gpu.models import keep_tokenizer, load_for_training
 
     resolved = resolve_device(device)
     info = require_loadable(model_id, resolved)
@@ -121,14 +121,40 @@ def warm_up(model_id: str, models_dir: str | Path, device: str | None = None, ma
         )
         model, _ = _load_unsloth(probe, info, Path(models_dir), resolved)
     else:
-        model, _, _ = load_for_training(model_id, models_dir, resolved, None)
+        model, tokenizer, _ = load_for_training(model_id, models_dir, resolved, None)
+        _exercise(model)
+        keep_tokenizer(model_id, tokenizer)
     _WARM[(model_id, resolved, use_unsloth)] = (model, max_seq_length)
     return "unsloth" if use_unsloth else "peft"
 
 
+def _exercise(model: Any) -> None:
+    """One forward and backward pass over a few tokens, so that the kernels' one-time set-up (oneDNN's,
+    cuBLAS's; about a second on a CPU) happens now rather than in the job's first steps.
+
+    The weights are frozen meanwhile, so no weight gradient is ever allocated; only the input's is.
+    Nothing the job sees changes: no gradients, no optimizer, the same parameters and modes."""
+    import torch
+
+    flags = [(param, param.requires_grad) for param in model.parameters()]
+    try:
+        for param, _ in flags:
+            param.requires_grad_(False)
+        ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]], device=model.device)
+        embeds = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+        model(inputs_embeds=embeds, labels=ids).loss.backward()
+    finally:
+        for param, wanted in flags:
+            param.requires_grad_(wanted)
+
+
 def _take_warm(model_id: str, device: str, use_unsloth: bool, max_seq_length: int) -> Any | None:
-    """The warm model if it fits this job (once: LoRA layers are injected into it)."""
+    """The warm model if it fits this job (once: LoRA layers are injected into it).
+
+    Any other warm model is dropped: this job loads its own, and two base models in memory could
+    exhaust it."""
     entry = _WARM.pop((model_id, device, use_unsloth), None)
+    _WARM.clear()
     if entry is None or entry[1] < max_seq_length:
         return None
     return entry[0]

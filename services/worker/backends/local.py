@@ -1,9 +1,16 @@
-"""The local backend: the trainer runs in a child process on this machine.
+"""The local backend: the trainer runs in a child process on this machine, one per job.
 
 A crash or an OOM kill of the child cannot take the worker down, and cancel
 is a signal to it. Events arrive as JSON lines on its stdout; its stderr (library
 logs, warnings) is kept as a tail for error reports. Each event is checked against
 `shared/schemas/events.py`: a malformed one ends the run as an `INTERNAL` error.
+
+Warm starts: while no job runs, the backend keeps one *standby* trainer that has imported
+the ML libraries and loaded the last job's base model (at startup: the first of
+`prepare_models`, else none), waiting for a spec path on its stdin. The next job takes it and
+skips those seconds; the standby for the job after is started once this one has ended, so a
+GPU never holds a waiting model beside a training one. Isolation is as without it: each job
+still has a process of its own, loaded for it alone.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import sys
 import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +85,15 @@ def _device() -> str:
     return "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "") not in ("", "-1") else "cpu"
 
 
+@dataclass
+class _Trainer:
+    """A trainer child process and the tail of its stderr, drained from its start."""
+
+    process: asyncio.subprocess.Process
+    stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))
+    stderr_task: asyncio.Task[None] | None = None
+
+
 class LocalBackend:
     name = "local"
 
@@ -84,13 +101,107 @@ class LocalBackend:
         self.settings = settings
         self.device = _device()
         self.trainer_command = tuple(trainer_command)
+        self.standby_enabled = settings.trainer_standby
+        self._standby: _Trainer | None = None
+        self._standby_starting: asyncio.Task[None] | None = None
+        self._running = 0
+
+    async def start(self, model_id: str | None = None) -> None:
+        """Start a standby trainer (loading `model_id` ahead, if given) unless one is there or it is off."""
+        if self.standby_enabled and self._standby is None and self._running == 0:
+            ahead = [model_id, str(self.settings.models_dir)] if model_id else []
+            self._standby = await self._spawn(["--standby", *ahead], stdin=asyncio.subprocess.PIPE)
+            log.info("trainer_standby_started", pid=self._standby.process.pid, model=model_id)
+
+    async def close(self) -> None:
+        """Stop the standby trainer (the worker is shutting down)."""
+        if self._standby_starting is not None:
+            with contextlib.suppress(Exception):
+                await self._standby_starting
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            await self._stop(standby.process)
+            if standby.stderr_task is not None:
+                standby.stderr_task.cancel()
 
     async def train(self, spec: TrainingSpec) -> AsyncIterator[dict[str, Any]]:
         with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="fastbrain-spec-", delete=False) as spec_file:
             spec_file.write(spec.model_dump_json())
+        self._running += 1
+        trainer: _Trainer | None = None
+        try:
+            trainer = await self._take_standby(spec_file.name) or await self._spawn([spec_file.name])
+            log.info("trainer_started", pid=trainer.process.pid, job_id=spec.job_id)
+            async for payload in self._events(trainer, spec):
+                yield payload
+        finally:
+            if trainer is not None:
+                if trainer.process.returncode is None:
+                    await self._stop(trainer.process)
+                if trainer.stderr_task is not None:
+                    trainer.stderr_task.cancel()
+            with contextlib.suppress(OSError):
+                os.unlink(spec_file.name)
+            self._running -= 1
+            if self.standby_enabled and self._running == 0:
+                # A task: this may run while the consumer is being cancelled, where awaiting is unsafe.
+                self._standby_starting = asyncio.get_running_loop().create_task(self.start(spec.base_model))
+
+    async def _events(self, trainer: _Trainer, spec: TrainingSpec) -> AsyncIterator[dict[str, Any]]:
+        process = trainer.process
+        assert process.stdout is not None
+        saw_terminal = False
+        async for raw in process.stdout:
+            line = raw.decode("utf-8", errors="replace").strip()
+            if not line:
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError:
+                trainer.stderr_tail.append(f"[stdout] {line}")
+                continue
+            payload = check_trainer_payload(data)
+            if payload is not data:  # malformed: this trainer cannot be trusted further
+                log.warning("trainer_event_malformed", message=payload["message"], job_id=spec.job_id)
+                yield payload
+                return  # the caller stops the process
+            if payload["type"] in ("complete", "error"):
+                saw_terminal = True
+            yield payload
+        returncode = await process.wait()
+        if trainer.stderr_task is not None:
+            await trainer.stderr_task
+        if not saw_terminal:
+            yield self._crash_payload(returncode, list(trainer.stderr_tail))
+
+    async def _take_standby(self, spec_path: str) -> _Trainer | None:
+        """The standby trainer, handed this job's spec; None when there is none alive to take."""
+        if self._standby_starting is not None:
+            with contextlib.suppress(Exception):
+                await self._standby_starting  # a process start, not its warm-up: quick
+            self._standby_starting = None
+        standby, self._standby = self._standby, None
+        if standby is None:
+            return None
+        stdin = standby.process.stdin
+        try:
+            if standby.process.returncode is not None or stdin is None:
+                raise ConnectionResetError("the standby trainer has exited")
+            stdin.write(f"{spec_path}\n".encode())
+            await stdin.drain()
+            stdin.close()
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            log.warning("trainer_standby_lost", error=str(exc), returncode=standby.process.returncode)
+            if standby.process.returncode is None:
+                await self._stop(standby.process)
+            return None
+        return standby
+
+    async def _spawn(self, args: list[str], stdin: int = asyncio.subprocess.DEVNULL) -> _Trainer:
         process = await asyncio.create_subprocess_exec(
             *self.trainer_command,
-            spec_file.name,
+            *args,
+            stdin=stdin,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=str(REPO_ROOT),
@@ -98,39 +209,10 @@ class LocalBackend:
             start_new_session=True,  # its own process group: cancel kills the whole tree
             limit=16 * 1024 * 1024,
         )
-        log.info("trainer_started", pid=process.pid, job_id=spec.job_id)
-        stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
-        stderr_task = asyncio.create_task(self._drain(process, stderr_tail))
-        saw_terminal = False
-        try:
-            assert process.stdout is not None
-            async for raw in process.stdout:
-                line = raw.decode("utf-8", errors="replace").strip()
-                if not line:
-                    continue
-                try:
-                    data = json.loads(line)
-                except json.JSONDecodeError:
-                    stderr_tail.append(f"[stdout] {line}")
-                    continue
-                payload = check_trainer_payload(data)
-                if payload is not data:  # malformed: this trainer cannot be trusted further
-                    log.warning("trainer_event_malformed", message=payload["message"], job_id=spec.job_id)
-                    yield payload
-                    return  # the finally stops the process
-                if payload["type"] in ("complete", "error"):
-                    saw_terminal = True
-                yield payload
-            returncode = await process.wait()
-            await stderr_task
-            if not saw_terminal:
-                yield self._crash_payload(returncode, list(stderr_tail))
-        finally:
-            if process.returncode is None:
-                await self._stop(process)
-            stderr_task.cancel()
-            with contextlib.suppress(OSError):
-                os.unlink(spec_file.name)
+        trainer = _Trainer(process)
+        # Drained from the start: a standby's warm-up output must not fill the pipe while it waits.
+        trainer.stderr_task = asyncio.create_task(self._drain(process, trainer.stderr_tail))
+        return trainer
 
     @staticmethod
     async def _drain(process: asyncio.subprocess.Process, tail: deque[str]) -> None:
