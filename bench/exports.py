@@ -105,6 +105,7 @@ def main() -> None:
     metadata = json.loads((adapter / "training_metadata.json").read_text())
     base_model = metadata["base_model"]
     results: dict[str, Any] = {"machine": describe(), "base_model": base_model, "adapter": str(adapter), "formats": {}}
+    results["load_average_at_start"] = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="fastbrain-bench-exports-") as tmp:
         work = Path(tmp)
         for fmt in ("peft", "merged", "gguf"):

@@ -43,6 +43,8 @@ log = structlog.get_logger(__name__)
 
 EXPORTER_COMMAND = (sys.executable, "-m", "services.gpu.exports")
 POLL_SECONDS = 1.0
+# Where the API leaves a hub token given with the request (services/api/exports/service.py `token_key`).
+TOKEN_KEY = "fastbrain:export-token:{}"
 KILL_GRACE_SECONDS = 3.0
 STDERR_TAIL_LINES = 30
 
@@ -70,6 +72,7 @@ def spec_for(settings: Settings, export: Export, staging: Path) -> ExportSpec:
         prompts=request.get("prompts") or ["Hello! What can you help me with?"],
         manifest=request.get("manifest") or {},
         quantizations=export.options.get("quantizations") or ["f16", "q8_0"],
+        hub=export.options if export.format == "hub" else None,
     )
 
 
@@ -95,10 +98,11 @@ async def run_export(ctx: WorkerContext, export_id_text: str) -> str:
         return "not queued"
     lease, export, started = claimed
     await publish(redis, started)
+    token = await redis.getdel(TOKEN_KEY.format(export_id)) if export.format == "hub" else None
     staging = staging_dir(settings, export.skill_id, export_id, lease.attempt)
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        return await _run(ctx, lease, spec_for(settings, export, staging), staging, export.skill_id)
+        return await _run(ctx, lease, spec_for(settings, export, staging), staging, export.skill_id, token)
     except Exception as exc:  # our own bug or a database refusal: the export fails, it does not hang
         log.exception("export_crashed")
         message = f"{type(exc).__name__}: {exc}"[:2000]
@@ -109,6 +113,15 @@ async def run_export(ctx: WorkerContext, export_id_text: str) -> str:
         shutil.rmtree(staging, ignore_errors=True)  # moved into place on success; otherwise nothing is kept
 
 
+def _env(token: bytes | str | None) -> dict[str, str]:
+    """The trainer's allow-listed environment (no database URL, no Modal tokens), plus a hub token given
+    with this export's request, for this child alone."""
+    env = trainer_env()
+    if token:
+        env["HF_TOKEN"] = token.decode() if isinstance(token, bytes) else token
+    return env
+
+
 async def _write(ctx: WorkerContext, work: Any) -> dict[str, Any] | None:
     event: dict[str, Any] | None = await in_transaction(ctx, work)
     if event is not None:
@@ -116,7 +129,9 @@ async def _write(ctx: WorkerContext, work: Any) -> dict[str, Any] | None:
     return event
 
 
-async def _run(ctx: WorkerContext, lease: Lease, spec: ExportSpec, staging: Path, skill_id: str) -> str:
+async def _run(
+    ctx: WorkerContext, lease: Lease, spec: ExportSpec, staging: Path, skill_id: str, token: bytes | str | None = None
+) -> str:
     settings = ctx["settings"]
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="fastbrain-export-", delete=False) as spec_file:
         spec_file.write(spec.model_dump_json())
@@ -126,7 +141,7 @@ async def _run(ctx: WorkerContext, lease: Lease, spec: ExportSpec, staging: Path
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=str(REPO_ROOT),
-        env=trainer_env(),  # allow-listed: no database URL, no tokens
+        env=_env(token),
         start_new_session=True,
         limit=16 * 1024 * 1024,
     )

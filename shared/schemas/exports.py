@@ -6,10 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
-ExportFormat = Literal["peft", "merged", "gguf"]
-FORMATS: tuple[str, ...] = ("peft", "merged", "gguf")
+ExportFormat = Literal["peft", "merged", "gguf", "gguf-lora", "hub"]
+FORMATS: tuple[str, ...] = ("peft", "merged", "gguf", "gguf-lora", "hub")
 GgufType = Literal["f16", "q8_0"]
 DEFAULT_GGUF_TYPES: tuple[GgufType, ...] = ("f16", "q8_0")
 
@@ -26,12 +26,31 @@ class ExportRequest(BaseModel):
         description="`peft`: the adapter files and fastbrain.json as .tar.gz. `merged`: base + LoRA merged into a "
         "full Hugging Face folder (safetensors, tokenizer, chat template, generation_config ending at the "
         "end-of-turn token), verified by logits. `gguf`: the merged model as GGUF (`quantizations`) with an "
-        "Ollama Modelfile, verified in llama.cpp."
+        "Ollama Modelfile, verified in llama.cpp. `gguf-lora`: the LoRA alone as a GGUF adapter for llama.cpp's "
+        "`--lora`, with the base model's f16 GGUF, verified: base + LoRA in llama.cpp answers as the merged GGUF. "
+        "`hub`: push the PEFT adapter (or, `push: merged`, the verified merged model) to a Hugging Face Hub repository."
     )
     quantizations: list[GgufType] = Field(
         default_factory=lambda: list(DEFAULT_GGUF_TYPES),
         min_length=1,
         description="gguf only: the GGUF types to write. f16 is verified on 16 greedy tokens; q8_0 on the first.",
+    )
+    repo_id: str | None = Field(
+        None, max_length=200, pattern=r"^[\w.-]+(/[\w.-]+)?$", description="hub only: the repository, `user/name`."
+    )
+    push: Literal["peft", "merged"] = Field("peft", description="hub only: what to push.")
+    private: bool = Field(True, description="hub only: create the repository private (an existing one is kept).")
+    endpoint: str | None = Field(
+        None,
+        max_length=500,
+        description="hub only: the Hub's URL; default the workers' HF_ENDPOINT, else huggingface.co.",
+    )
+    token: str | None = Field(
+        None,
+        max_length=500,
+        description="hub only: a Hub token with write access; default the workers' HF_TOKEN. Handed to the worker "
+        "for this one export through Redis (expires in an hour, deleted when read); never written to the database, "
+        "events or logs, and never answered back.",
     )
     prompt: str | None = Field(
         None,
@@ -39,6 +58,12 @@ class ExportRequest(BaseModel):
         description="The held-out prompt verification runs on; default: the first held-out prompt of the "
         "adapter's training evaluation.",
     )
+
+    @model_validator(mode="after")
+    def _hub_needs_a_repo(self) -> ExportRequest:
+        if self.format == "hub" and not self.repo_id:
+            raise ValueError("a hub export needs repo_id (user/name)")
+        return self
 
 
 class ExportFile(BaseModel):
@@ -95,3 +120,4 @@ class ExportSpec(BaseModel):
     quantizations: list[GgufType] = ["f16", "q8_0"]
     logits_atol: float = MERGED_LOGITS_ATOL
     greedy_tokens: int = GGUF_GREEDY_TOKENS
+    hub: dict[str, Any] | None = None  # repo_id, push, private, endpoint: never the token

@@ -147,6 +147,13 @@ async def test_create_train_chat_and_manage_versions(
         await page.get_by_role("link", name="Export").click()
     download = await download_info.value
     assert download.suggested_filename == "sweetener-guide-v1.tar.gz"
+    # Export as… a merged model: an export job, offered once verified, its files listed with their sha256.
+    await page.get_by_text("Export as…").click()
+    await page.get_by_role("menuitem", name="Merged model (Hugging Face)").click()
+    export_status = page.get_by_test_id("export-status")
+    await expect(export_status).to_contain_text("merged: completed", timeout=180_000)
+    await expect(export_status).to_contain_text("Verified: merged logits within")
+    await expect(export_status.get_by_role("link", name="model.safetensors")).to_be_visible()
 
     # Train again (Quick) for a second version.
     await page.get_by_role("link", name="Train Again").click()

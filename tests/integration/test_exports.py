@@ -226,3 +226,106 @@ async def test_gguf_export_matches_the_merged_model_in_llama_cpp(
     gguf = await client.get(files["export-gguf-v1-q8_0.gguf"]["url"])
     assert hashlib.sha256(gguf.content).hexdigest() == files["export-gguf-v1-q8_0.gguf"]["sha256"]
     assert gguf.content[:4] == b"GGUF"
+
+    # gguf-lora: the LoRA alone for llama.cpp's --lora, with the base GGUF it was verified on.
+    posted = await client.post(f"/api/adapters/{adapter['id']}/exports", json={"format": "gguf-lora"})
+    assert posted.status_code == 202, posted.text
+    lora = await wait_export(client, posted.json()["id"], {"completed", "failed"}, timeout=1200)
+    assert lora["status"] == "completed", lora.get("error_details")
+    checked = lora["verification"]["gguf_lora"]
+    assert checked["passed"] and checked["lora"] == "export-gguf-v1-lora-f16.gguf"
+    for sample in checked["samples"]:
+        assert sample["base_plus_lora_tokens"] == sample["merged_gguf_tokens"] and sample["merged_gguf_tokens"]
+    assert {f["name"] for f in lora["files"]} == {"tiny-random-f16.gguf", "export-gguf-v1-lora-f16.gguf"}
+
+
+class FakeHub:
+    """A stand-in for the Hugging Face Hub, which these machines cannot reach: a local HTTP server that
+    answers the three calls `huggingface_hub` makes to push a folder (create the repo, preupload, commit)
+    and records each (path, Authorization header, the files committed with their sha256). It is not the
+    Hub: it accepts every file as a regular (non-LFS) upload and checks nothing; the real Hub is documented
+    in docs/exports.md, not tested."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.calls: list[dict[str, Any]] = []
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                call: dict[str, Any] = {"path": self.path, "authorization": self.headers.get("Authorization")}
+                hub.calls.append(call)
+                if self.path.startswith("/api/repos/create"):
+                    data = json.loads(body)
+                    answer: dict[str, Any] = {"url": f"{hub.url}/{data.get('organization')}/{data['name']}"}
+                elif "/preupload/" in self.path:
+                    files = json.loads(body)["files"]
+                    answer = {
+                        "files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
+                    }
+                elif "/commit/" in self.path:
+                    import base64
+
+                    lines = [json.loads(line) for line in body.splitlines() if line.strip()]
+                    call["files"] = {
+                        line["value"]["path"]: hashlib.sha256(base64.b64decode(line["value"]["content"])).hexdigest()
+                        for line in lines
+                        if line["key"] == "file"
+                    }
+                    repo = self.path.removeprefix("/api/models/").split("/commit/")[0]
+                    answer = {"commitUrl": f"{hub.url}/{repo}/commit/1234", "commitOid": "1234" * 10, "success": True}
+                else:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                payload = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+async def test_hub_export_pushes_the_adapter_and_never_keeps_the_token(
+    client: httpx.AsyncClient, worker: ServiceProcess, engine: AsyncEngine
+) -> None:
+    from sqlalchemy import text
+
+    hub = FakeHub()
+    adapter = await trained_adapter(client, "export-hub")
+    token = "hf_" + "s3cr3t" * 6
+    body = {"format": "hub", "repo_id": "someone/export-hub", "endpoint": hub.url, "token": token}
+    posted = await client.post(f"/api/adapters/{adapter['id']}/exports", json=body)
+    assert posted.status_code == 202, posted.text
+    assert token not in posted.text
+    done = await wait_export(client, posted.json()["id"], {"completed", "failed"}, timeout=300)
+    assert done["status"] == "completed", done
+    pushed = done["verification"]["hub"]
+    assert pushed["repo_id"] == "someone/export-hub" and pushed["commit_oid"] == "1234" * 10
+    paths = [c["path"] for c in hub.calls]
+    assert paths[0] == "/api/repos/create" and any("/preupload/main" in p for p in paths), paths
+    assert paths[-1] == "/api/models/someone/export-hub/commit/main", paths
+    assert {c["authorization"] for c in hub.calls} == {f"Bearer {token}"}
+    committed = hub.calls[-1]["files"]
+    local = Path(adapter["storage_path"]) / "adapter_model.safetensors"
+    assert committed["adapter_model.safetensors"] == hashlib.sha256(local.read_bytes()).hexdigest()
+    assert {"adapter_config.json", "fastbrain.json"} <= set(committed)
+    # The token is nowhere in the database, the events or the worker's log.
+    async with engine.connect() as conn:
+        for table in ("fb_exports", "fb_export_events"):
+            rows = (await conn.execute(text(f"SELECT row_to_json(t)::text FROM {table} t"))).scalars().all()
+            assert rows and not any(token in row for row in rows), table
+    assert token not in worker.tail(10_000)
+    # Without repo_id a hub export is refused before anything is queued.
+    refused = await client.post(f"/api/adapters/{adapter['id']}/exports", json={"format": "hub"})
+    assert refused.status_code == 422

@@ -8,7 +8,7 @@ import uuid
 from fastapi import APIRouter, status
 from fastapi.responses import FileResponse
 
-from services.api.deps import AfterCommitDep, SessionDep
+from services.api.deps import AfterCommitDep, SessionDep, StateDep
 from services.api.exports import service
 from shared.db import export_state
 from shared.schemas.exports import ExportCancelled, ExportList, ExportOut, ExportRequest
@@ -24,7 +24,7 @@ router = APIRouter(prefix="/api", tags=["exports"])
     responses={404: {"description": "No such adapter."}, 409: {"description": "The adapter's files are not here."}},
 )
 async def create_export(
-    adapter_id: uuid.UUID, body: ExportRequest, session: SessionDep, after_commit: AfterCommitDep
+    adapter_id: uuid.UUID, body: ExportRequest, session: SessionDep, after_commit: AfterCommitDep, state: StateDep
 ) -> ExportOut:
     """Queue an export job; a worker runs it. Follow it on `stream_url` (a WebSocket with the same
     `{job_id, seq, ts, type, ...}` events as a training stream: `status`, `progress` with `stage`,
@@ -33,9 +33,11 @@ async def create_export(
     Its files are offered only once verified against the adapter: `merged` by fp32 logits on a
     held-out prompt (largest |Δ| ≤ 1e-3); `gguf` in llama.cpp (the embedded chat template renders
     the skill's prompt exactly as training does, and the f16 greedy answer equals the merged
-    PyTorch model's for 16 tokens; q8_0's first token matches). A failed check fails the export
+    PyTorch model's for 16 tokens; q8_0's first token matches; `gguf-lora`: base GGUF + LoRA answers as
+    the merged GGUF). `hub` pushes to a Hugging Face Hub repository (`repo_id`, `push`, `endpoint`,
+    `token`: the token is never stored in the database nor answered back). A failed check fails the export
     with the measurements in `error_details`, and no file is kept."""
-    return await service.start(session, after_commit, adapter_id, body)
+    return await service.start(session, after_commit, state.redis, adapter_id, body)
 
 
 @router.get("/exports", summary="List exports (newest first)")

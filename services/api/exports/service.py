@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio import Redis
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -19,6 +20,14 @@ from shared.db.models import Adapter, Export, TrainingJob
 from shared.rules import tasks
 from shared.rules.archive import archive_name
 from shared.schemas.exports import ExportFile, ExportOut, ExportRequest
+
+# A hub token given with the request waits here for the worker (read once, deleted); never in PostgreSQL.
+TOKEN_TTL_SECONDS = 3600
+
+
+def token_key(export_id: uuid.UUID | str) -> str:
+    return f"fastbrain:export-token:{export_id}"
+
 
 FALLBACK_PROMPT = "Hello! What can you help me with?"
 # Verification prompts taken from the training's held-out evaluation.
@@ -66,7 +75,7 @@ async def _prompts(session: AsyncSession, adapter: Adapter, skill_examples: list
 
 
 async def start(
-    session: AsyncSession, after_commit: AfterCommit, adapter_id: uuid.UUID, body: ExportRequest
+    session: AsyncSession, after_commit: AfterCommit, redis: Redis, adapter_id: uuid.UUID, body: ExportRequest
 ) -> ExportOut:
     adapter = await adapters.get_adapter(session, adapter_id)
     skill = await get_skill(session, adapter.skill_id)
@@ -78,9 +87,11 @@ async def start(
         )
     name = archive_name(adapter.skill_id, adapter.version)
     prompts = [body.prompt] if body.prompt else await _prompts(session, adapter, skill.training_data)
-    options: dict[str, Any] = (
-        {"quantizations": list(dict.fromkeys(body.quantizations))} if body.format == "gguf" else {}
-    )
+    options: dict[str, Any] = {}
+    if body.format == "gguf":
+        options = {"quantizations": list(dict.fromkeys(body.quantizations))}
+    elif body.format == "hub":  # the token is never among them: `hand_over_token`
+        options = {"repo_id": body.repo_id, "push": body.push, "private": body.private, "endpoint": body.endpoint}
     manifest = {
         "skill_id": skill.id,
         "skill_name": skill.name,
@@ -109,6 +120,13 @@ async def start(
         },
     )
     event = await export_state.start(session, export)
+    if body.format == "hub" and body.token:
+        token, key = body.token, token_key(export.id)
+
+        async def hand_over() -> None:
+            await redis.set(key, token, ex=TOKEN_TTL_SECONDS)
+
+        after_commit.call(hand_over)  # before the enqueue below: callbacks run first
     after_commit.enqueue(tasks.RUN_EXPORT, str(export.id), _job_id=export.arq_job_id)
     after_commit.publish(event)
     await session.refresh(export)

@@ -78,6 +78,14 @@ def run(spec: ExportSpec) -> dict[str, Any]:
         from services.gpu.exports import gguf
 
         verification = gguf.build(spec, out, emit)
+    elif spec.format == "gguf-lora":
+        from services.gpu.exports import gguf
+
+        verification = gguf.build_lora(spec, out, emit)
+    elif spec.format == "hub":
+        from services.gpu.exports import hub
+
+        verification = hub.build(spec, out, emit)
     else:  # pragma: no cover - the schema allows no other
         raise ValueError(f"unknown export format {spec.format!r}")
     emit(stage="checksum", progress=97, message="Computing sha256 checksums")

@@ -119,7 +119,7 @@ def verify_f16(path: Path, merged: Merged, spec: ExportSpec) -> dict[str, Any]:
     )
     samples = []
     for prompt, text in zip(spec.prompts, merged.prompts, strict=True):
-        messages = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt.strip() else []
+        messages: Any = [{"role": "system", "content": spec.system_prompt}] if spec.system_prompt.strip() else []
         messages.append({"role": "user", "content": prompt})
         rendered = formatter(messages=messages).prompt
         if rendered != text:
@@ -214,3 +214,80 @@ def _remove(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
+
+
+def convert_lora(adapter_dir: Path, base_dir: Path, out: Path) -> None:
+    """`convert_lora_to_gguf.py` on a PEFT adapter, with the base's config from `base_dir` (no hub)."""
+    script = converter_dir() / "convert_lora_to_gguf.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--base", str(base_dir), "--outfile", str(out), "--outtype", "f16",
+         str(adapter_dir)],
+        capture_output=True,
+        text=True,
+        timeout=CONVERT_TIMEOUT_SECONDS,
+    )  # fmt: skip
+    if result.returncode != 0 or not out.is_file():
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-12:])
+        raise RuntimeError(f"convert_lora_to_gguf.py failed (exit {result.returncode}): {tail}")
+
+
+def _base_copy(source: Path, target: Path) -> Path:
+    """The base model folder for the converters: its files linked, its tokenizer made llama.cpp-readable."""
+    target.mkdir(parents=True)
+    for file in source.iterdir():
+        if file.is_file() and file.name != "tokenizer.json":
+            (target / file.name).symlink_to(file.resolve())
+    (target / "tokenizer.json").write_bytes((source / "tokenizer.json").read_bytes())
+    byte_level_tokenizer(target)
+    return target
+
+
+def build_lora(spec: ExportSpec, out: Path, emit: Emit) -> dict[str, Any]:
+    """The LoRA alone as a GGUF adapter for llama.cpp's `--lora`, with the base GGUF it was verified on.
+
+    Verified: llama.cpp with the base f16 GGUF plus this LoRA gives the same greedy tokens as the merged
+    model's f16 GGUF (itself checked against the merged PyTorch model first, as a `gguf` export is).
+    """
+    from services.gpu.models import ensure_model
+
+    converter_dir()
+    work = out / ".work"
+    merged = merging.build(spec, work / "merged", emit)
+    verification = dict(merged.verification)
+    byte_level_tokenizer(work / "merged")
+    emit(stage="convert", progress=45, message="Converting the merged model to GGUF f16 (the reference)")
+    reference = work / "merged-f16.gguf"
+    convert(work / "merged", reference, "f16")
+    verification["gguf_f16"] = verify_f16(reference, merged, spec)
+    base_dir = _base_copy(ensure_model(spec.base_model, spec.models_dir), work / "base")
+    base_name, lora_name = f"{spec.base_model}-f16.gguf", f"{spec.name}-lora-f16.gguf"
+    emit(stage="convert", progress=60, message="Converting the base model to GGUF f16")
+    convert(base_dir, out / base_name, "f16")
+    emit(stage="convert", progress=70, message="Converting the LoRA to a GGUF adapter (convert_lora_to_gguf.py)")
+    convert_lora(Path(spec.adapter_dir), base_dir, out / lora_name)
+    emit(stage="verify", progress=85, message="Verifying: base GGUF + LoRA against the merged GGUF in llama.cpp")
+    from llama_cpp import Llama
+
+    with_lora = Llama(
+        model_path=str(out / base_name),
+        lora_path=str(out / lora_name),
+        n_ctx=2048,
+        n_threads=max(1, os.cpu_count() or 1),
+        verbose=False,
+        seed=0,
+    )
+    samples = []
+    for text, sample in zip(merged.prompts, verification["gguf_f16"]["samples"], strict=True):
+        tokens = with_lora.tokenize(text.encode(), add_bos=False, special=True)
+        got = llama_greedy(with_lora, list(tokens), spec.greedy_tokens, merged.end_of_turn_id)
+        want = sample["llama_cpp_tokens"]
+        samples.append({"prompt": sample["prompt"], "merged_gguf_tokens": want, "base_plus_lora_tokens": got})
+        if got != want:
+            raise VerificationFailed(
+                "llama.cpp with the base GGUF and this LoRA answers differently from the merged GGUF.",
+                {"samples": samples},
+            )
+    del with_lora
+    verification["gguf_lora"] = {"base": base_name, "lora": lora_name, "samples": samples, "passed": True}
+    _remove(work)
+    return verification

@@ -4,6 +4,7 @@ import { api } from "../api.js";
 import { ConfirmDialog } from "../components/ConfirmDialog.jsx";
 import { ErrorNote } from "../components/ErrorNote.jsx";
 import { ExportLink } from "../components/ExportLink.jsx";
+import { ExportMenu } from "../components/ExportMenu.jsx";
 import { QualityStars } from "../components/Quality.jsx";
 import { TestChat } from "../components/TestChat.jsx";
 import { ago, dateTime, loss, money, shortDuration } from "../format.js";
@@ -99,6 +100,7 @@ export function Adapters() {
                 Compare
               </a>
               <ExportLink adapterId={a.id} label={`Export ${a.skill_id} v${a.version}`} onError={setError} />
+              <ExportMenu adapterId={a.id} label={`Export ${a.skill_id} v${a.version} as`} />
               <button type="button" class="danger" onClick={() => setDeleting(a)} aria-label={`Delete ${a.skill_id} v${a.version}`}>
                 Delete
               </button>

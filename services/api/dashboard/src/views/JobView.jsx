@@ -5,6 +5,7 @@ import { api } from "../api.js";
 import { Chart } from "../components/Chart.jsx";
 import { ErrorNote } from "../components/ErrorNote.jsx";
 import { ExportLink } from "../components/ExportLink.jsx";
+import { ExportMenu } from "../components/ExportMenu.jsx";
 import { QualityLine } from "../components/Quality.jsx";
 import { TestChat } from "../components/TestChat.jsx";
 import { clock, duration, loss, lossChange, money } from "../format.js";
@@ -256,6 +257,7 @@ function Complete({ job, skillName, onChange }) {
           </a>
         )}
         {job.adapter_id && <ExportLink adapterId={job.adapter_id} onError={setExportError} />}
+        {job.adapter_id && <ExportMenu adapterId={job.adapter_id} />}
         <a class="button" href="#/skills">
           Back to Skills
         </a>
