@@ -103,7 +103,7 @@ def _standby(args: list[str]) -> list[str]:
     # without the ML stack): seconds of a small job's start.
     import datasets  # noqa: F401
     import peft  # noqa: F401
-    from trl import SFTConfig, SFTTrainer  # noqa: F401
+    from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # noqa: F401
 
     if len(args) == 2:
         try:

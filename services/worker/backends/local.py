@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import os
 import signal
@@ -92,6 +93,7 @@ class _Trainer:
     process: asyncio.subprocess.Process
     stderr_tail: deque[str] = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES))
     stderr_task: asyncio.Task[None] | None = None
+    job_id: str | None = None  # set when a standby is handed a job
 
 
 class LocalBackend:
@@ -130,7 +132,7 @@ class LocalBackend:
         self._running += 1
         trainer: _Trainer | None = None
         try:
-            trainer = await self._take_standby(spec_file.name) or await self._spawn([spec_file.name])
+            trainer = await self._take_standby(spec_file.name, spec.job_id) or await self._spawn([spec_file.name])
             log.info("trainer_started", pid=trainer.process.pid, job_id=spec.job_id)
             async for payload in self._events(trainer, spec):
                 yield payload
@@ -145,7 +147,10 @@ class LocalBackend:
             self._running -= 1
             if self.standby_enabled and self._running == 0:
                 # A task: this may run while the consumer is being cancelled, where awaiting is unsafe.
-                self._standby_starting = asyncio.get_running_loop().create_task(self.start(spec.base_model))
+                # A fresh context: the standby belongs to no job yet, so it must not log under this one's ids.
+                self._standby_starting = asyncio.get_running_loop().create_task(
+                    self.start(spec.base_model), context=contextvars.Context()
+                )
 
     async def _events(self, trainer: _Trainer, spec: TrainingSpec) -> AsyncIterator[dict[str, Any]]:
         process = trainer.process
@@ -174,7 +179,7 @@ class LocalBackend:
         if not saw_terminal:
             yield self._crash_payload(returncode, list(trainer.stderr_tail))
 
-    async def _take_standby(self, spec_path: str) -> _Trainer | None:
+    async def _take_standby(self, spec_path: str, job_id: str) -> _Trainer | None:
         """The standby trainer, handed this job's spec; None when there is none alive to take."""
         if self._standby_starting is not None:
             with contextlib.suppress(Exception):
@@ -187,6 +192,7 @@ class LocalBackend:
         try:
             if standby.process.returncode is not None or stdin is None:
                 raise ConnectionResetError("the standby trainer has exited")
+            standby.job_id = job_id
             stdin.write(f"{spec_path}\n".encode())
             await stdin.drain()
             stdin.close()
@@ -211,16 +217,19 @@ class LocalBackend:
         )
         trainer = _Trainer(process)
         # Drained from the start: a standby's warm-up output must not fill the pipe while it waits.
-        trainer.stderr_task = asyncio.create_task(self._drain(process, trainer.stderr_tail))
+        trainer.stderr_task = asyncio.create_task(self._drain(trainer))
         return trainer
 
     @staticmethod
-    async def _drain(process: asyncio.subprocess.Process, tail: deque[str]) -> None:
-        assert process.stderr is not None
-        async for raw in process.stderr:
+    async def _drain(trainer: _Trainer) -> None:
+        stderr = trainer.process.stderr
+        assert stderr is not None
+        async for raw in stderr:
             line = raw.decode("utf-8", errors="replace").rstrip()
-            tail.append(line)
-            log.debug("trainer_output", line=line)  # libraries' output; the job's ids are bound (its task's context)
+            trainer.stderr_tail.append(line)
+            # Libraries' output. A cold trainer's drain runs in its job's context (the ids are bound); a
+            # standby's was started before its job existed, so the job's id is added once it is taken.
+            log.debug("trainer_output", line=line, **({"job_id": trainer.job_id} if trainer.job_id else {}))
 
     @staticmethod
     async def _stop(process: asyncio.subprocess.Process) -> None:
