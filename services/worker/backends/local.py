@@ -104,19 +104,27 @@ class LocalBackend:
         self.device = _device()
         self.trainer_command = tuple(trainer_command)
         self.standby_enabled = settings.trainer_standby
+        self._started = False  # standbys are kept only once `start` was called (the worker's startup)
         self._standby: _Trainer | None = None
         self._standby_starting: asyncio.Task[None] | None = None
         self._running = 0
 
     async def start(self, model_id: str | None = None) -> None:
-        """Start a standby trainer (loading `model_id` ahead, if given) unless one is there or it is off."""
-        if self.standby_enabled and self._standby is None and self._running == 0:
+        """Start a standby trainer (loading `model_id` ahead, if given) unless one is there or it is off.
+
+        From then on, a new standby is started whenever the last running job ends, until `close`."""
+        self._started = True
+        await self._start_standby(model_id)
+
+    async def _start_standby(self, model_id: str | None) -> None:
+        if self.standby_enabled and self._started and self._standby is None and self._running == 0:
             ahead = [model_id, str(self.settings.models_dir)] if model_id else []
             self._standby = await self._spawn(["--standby", *ahead], stdin=asyncio.subprocess.PIPE)
             log.info("trainer_standby_started", pid=self._standby.process.pid, model=model_id)
 
     async def close(self) -> None:
-        """Stop the standby trainer (the worker is shutting down)."""
+        """Stop the standby trainer, and start no more (the worker is shutting down)."""
+        self._started = False
         if self._standby_starting is not None:
             with contextlib.suppress(Exception):
                 await self._standby_starting
@@ -145,11 +153,11 @@ class LocalBackend:
             with contextlib.suppress(OSError):
                 os.unlink(spec_file.name)
             self._running -= 1
-            if self.standby_enabled and self._running == 0:
+            if self.standby_enabled and self._started and self._running == 0:
                 # A task: this may run while the consumer is being cancelled, where awaiting is unsafe.
                 # A fresh context: the standby belongs to no job yet, so it must not log under this one's ids.
                 self._standby_starting = asyncio.get_running_loop().create_task(
-                    self.start(spec.base_model), context=contextvars.Context()
+                    self._start_standby(spec.base_model), context=contextvars.Context()
                 )
 
     async def _events(self, trainer: _Trainer, spec: TrainingSpec) -> AsyncIterator[dict[str, Any]]:
