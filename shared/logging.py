@@ -163,6 +163,9 @@ class _ConsoleFormatter(structlog.stdlib.ProcessorFormatter):
         return logging.Formatter.format(self, record)
 
 
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
 def configure_logging(level: str = "INFO", json_lines: bool = False, stream: TextIO | None = None) -> None:
     """Send every log line (structlog's and the standard library's) to `stream` (default: stderr), at `level`.
 
@@ -202,6 +205,13 @@ def configure_logging(level: str = "INFO", json_lines: bool = False, stream: Tex
     handler.addFilter(PeriodicLinesFilter(keep=level == "DEBUG"))
     root.addHandler(handler)
     root.setLevel(level)
+    # uvicorn's own logging config (an in-process `uvicorn.Config` without `log_config=None`) gives its
+    # loggers handlers of their own and stops them propagating: their lines would skip the masking.
+    for name in UVICORN_LOGGERS:
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate, library.disabled = True, False
+        library.setLevel(logging.NOTSET)
     logging.captureWarnings(True)  # Python warnings too become log lines (JSON ones in `json`), not bare stderr
     for each in root.handlers:
         if not any(isinstance(f, SecretMaskingFilter) for f in each.filters):
